@@ -1,0 +1,73 @@
+"""Lab backends: a registry of names, and ``get_backend`` to make one.
+
+Backends are imported only when asked for, so the service never imports LiteX,
+cocotb or pyserial itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    BoardError,
+    Build,
+    Design,
+    DesignError,
+    HealthReport,
+    LogFn,
+    Op,
+    Transaction,
+    TransactResult,
+)
+
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "BoardError",
+    "Build",
+    "Design",
+    "DesignError",
+    "HealthReport",
+    "LogFn",
+    "Op",
+    "TransactResult",
+    "Transaction",
+    "UnknownBackend",
+    "get_backend",
+]
+
+#: Backend name -> "module:Class".
+REGISTRY: dict[str, str] = {
+    "sim": "backends.sim:SimBackend",
+    "hardware": "backends.hardware:HardwareBackend",
+}
+
+
+class UnknownBackend(ValueError):
+    pass
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """Make the backend ``name`` (a registered name, or ``package.module:Class``)."""
+    target = REGISTRY.get(name, name)
+    module_name, sep, class_name = target.partition(":")
+    if not sep:
+        valid = ", ".join(sorted(REGISTRY))
+        raise UnknownBackend(f"unknown backend {name!r}: choose one of {valid} (or module:Class)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownBackend(f"backend {name!r} is not available here: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UnknownBackend(f"backend {name!r}: {module_name} has no {class_name}")
+    backend = cls(**options)
+    if not isinstance(backend, Backend):
+        raise UnknownBackend(f"backend {name!r}: {target} does not implement the Backend protocol")
+    return backend

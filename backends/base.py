@@ -1,0 +1,125 @@
+"""The backend protocol: what a lab backend does, with typed arguments and results.
+
+    BackendError                 a backend call failed
+    ├── DesignError              the user's design is at fault (does not build)
+    ├── BoardError               the board misbehaved (crashed, stopped answering)
+    └── BackendUnavailable       the lab's own machinery failed (tool missing, unreachable)
+
+The worker maps each to the board's fate: a DesignError leaves the board's
+health alone; a BoardError makes it ``unknown``; BackendUnavailable makes it ``bad``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol, runtime_checkable
+
+#: Receives one line of build/program/reset output as it happens.
+LogFn = Callable[[str], None]
+
+
+class BackendError(Exception):
+    """A backend call failed; the message is shown to the user as the job's error."""
+
+
+class DesignError(BackendError):
+    """The design does not elaborate, compile or fit: the user's to fix."""
+
+
+class BoardError(BackendError):
+    """The board crashed or stopped answering during the call."""
+
+
+class BackendUnavailable(BackendError):
+    """The lab's own machinery (toolchain, programmer, bridge) is not usable."""
+
+
+@dataclass(frozen=True)
+class Design:
+    filename: str
+    source: bytes
+
+    @property
+    def language(self) -> str:
+        return "python" if self.filename.lower().endswith(".py") else "verilog"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source).hexdigest()
+
+
+@dataclass(frozen=True)
+class Build:
+    """A built image, ready to program: ``key`` names it in the build cache."""
+
+    key: str
+    cached: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Op(IntEnum):
+    WRITE = 1
+    READ = 2
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """``op`` at consecutive word addresses from byte ``address``: write ``data``
+    or read ``length`` words."""
+
+    op: Op
+    address: int
+    data: tuple[int, ...] = ()
+    length: int = 1
+
+
+@dataclass(frozen=True)
+class TransactResult:
+    ok: bool
+    data: list[int] = field(default_factory=list)
+    #: Why the bus refused the access (bus error, timeout), when ``ok`` is false.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One lab of boards. Calls block; a worker runs each board's calls in turn."""
+
+    name: str
+
+    def build(self, design: Design, log: LogFn) -> Build:
+        """Build ``design`` into an image for this lab's boards. Raises DesignError."""
+        ...
+
+    def program(self, board: int, build: Build, log: LogFn) -> None:
+        """Load ``build`` onto ``board`` and check that it came up."""
+        ...
+
+    def transact(self, board: int, txn: Transaction) -> TransactResult:
+        """Run one Wishbone transaction; a bus error is a result, not an exception."""
+        ...
+
+    def reset(self, board: int, log: LogFn) -> None:
+        """Put the base SoC back on ``board``, clearing what the last user left."""
+        ...
+
+    def health(self, board: int) -> HealthReport:
+        """Check that ``board`` answers and runs a sane SoC."""
+        ...
+
+    def memory_map(self, board: int) -> dict[str, Any] | None:
+        """The memory map (LiteX csr.json) of what is on ``board`` now, if known."""
+        ...
+
+    def close(self) -> None:
+        """Stop whatever the backend started (simulators, bridges)."""
+        ...

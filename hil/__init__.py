@@ -1,0 +1,1 @@
+"""Gateware (the base SoC, the user slot) and real-lab drivers."""

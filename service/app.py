@@ -1,0 +1,59 @@
+"""Builds the FastAPI application: ``uvicorn --factory service.app:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import handlers
+from service.auth import KeyRing
+from service.routes import boards, health, jobs, sessions
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger("fpgalab.api")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+DESCRIPTION = """\
+A lab of 10 FPGA boards (ids 0-9). Upload a design, the lab builds it into a
+LiteX SoC and programs a board reserved for your session; run Wishbone reads
+and writes on it; reset or release it. Every call that touches hardware is a
+job: `202` and a `job_id` to poll at `/fpga/{fpga_id}/jobs/{job_id}`.
+
+Errors always have the shape `{"detail": {"error": CODE, "message": TEXT}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    keyring = KeyRing.from_settings(settings)  # a bad keys entry stops the start here
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store.from_url(settings.redis_url or DEFAULT_REDIS_URL, settings)
+        app.state.store = store
+        if keyring.open:
+            log.warning("no API keys configured: the lab is OPEN, every caller is an admin")
+        else:
+            log.info("%d API keys configured", len(keyring))
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="fpgalab",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keyring = keyring
+    handlers.install(app)
+    for module in (health, boards, jobs, sessions):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,88 @@
+"""Who is calling: API keys (kept only as SHA-256 digests) and their roles.
+
+``FPGALAB_API_KEYS="alice=k1,ci=k2,ops=k3:admin"`` or a keys file with one such
+entry per line. With no keys at all the lab runs open: every caller is
+``anonymous`` with every right, as the prototype was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.settings import Settings
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    admin: bool = False
+
+
+class KeyFileError(ValueError):
+    """A keys entry that cannot be understood (names the entry, never the key)."""
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """Known keys by digest. ``open`` when none were configured."""
+
+    def __init__(self, entries: list[tuple[str, str, bool]]) -> None:
+        self._by_digest: dict[bytes, Caller] = {}
+        for name, key, admin in entries:
+            self._by_digest[_digest(key)] = Caller(name, admin)
+
+    @property
+    def open(self) -> bool:
+        return not self._by_digest
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def lookup(self, key: str | None) -> Caller | None:
+        if self.open:
+            return Caller(ANONYMOUS, admin=True)
+        if not key:
+            return None
+        digest = _digest(key)
+        found = None
+        for known, caller in self._by_digest.items():  # constant time per entry
+            if hmac.compare_digest(known, digest):
+                found = caller
+        return found
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        entries = parse_entries(settings.api_keys.split(","), "FPGALAB_API_KEYS")
+        if settings.api_keys_file is not None:
+            path = Path(settings.api_keys_file)
+            lines = path.read_text().splitlines()
+            entries += parse_entries(lines, str(path))
+        return cls(entries)
+
+
+def parse_entries(items: list[str], source: str) -> list[tuple[str, str, bool]]:
+    """``name=key[:admin]`` items (blank items and ``#`` comments skipped)."""
+    entries: list[tuple[str, str, bool]] = []
+    for n, raw in enumerate(items, start=1):
+        item = raw.split("#", 1)[0].strip()
+        if not item:
+            continue
+        name, sep, key = item.partition("=")
+        name, key = name.strip(), key.strip()
+        admin = False
+        if key.endswith(":admin"):
+            key, admin = key[: -len(":admin")], True
+        if not sep or not name or not key:
+            raise KeyFileError(f"{source}: entry {n} is not of the form name=key[:admin]")
+        if any(c in name for c in " :{}"):
+            raise KeyFileError(f"{source}: entry {n}: the name {name!r} has a space, ':' or brace")
+        entries.append((name, key, admin))
+    return entries

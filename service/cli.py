@@ -1,0 +1,176 @@
+"""The ``fpgalab`` command: ``serve`` (the whole lab), ``api``, ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+from service.procs import child_dies_with_parent
+from service.settings import Settings
+from service.states import NUM_BOARDS
+
+log = logging.getLogger("fpgalab")
+
+
+def parse_boards(text: str) -> list[int]:
+    """``"0-9"``, ``"3"`` or ``"0,2,5-7"`` as board ids, each checked to be 0-9."""
+    boards: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected ids like 0-9 or 0,2,5-7") from None
+        if not 0 <= first <= last < NUM_BOARDS:
+            raise argparse.ArgumentTypeError(f"{part!r}: boards are 0-{NUM_BOARDS - 1}")
+        boards.update(range(first, last + 1))
+    return sorted(boards)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from backends import UnknownBackend, get_backend
+    from service.store import Store
+    from service.worker import BoardTaken, Worker
+
+    settings = _settings(args)
+    try:
+        backend = get_backend(settings.backend)
+    except UnknownBackend as exc:
+        log.error("%s", exc)
+        return 2
+
+    async def main() -> int:
+        store = Store.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", settings)
+        worker = Worker(store, backend, args.boards)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        except BoardTaken as exc:
+            log.error("%s", exc)
+            return 3
+        finally:
+            await store.close()
+        return 0
+
+    try:
+        return asyncio.run(main())
+    finally:
+        backend.close()
+
+
+def _uvicorn(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info",
+        access_log=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    return _uvicorn(_settings(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.redisproc import PrivateRedis, RedisStartError
+
+    settings = _settings(args)
+    redis: PrivateRedis | None = None
+    if settings.redis_url is None:
+        redis = PrivateRedis(settings.data_dir / "redis")
+        try:
+            redis.start()
+        except RedisStartError as exc:
+            log.error("%s", exc)
+            return 2
+        settings = settings.model_copy(update={"redis_url": redis.url})
+        log.info("private redis-server on %s, data in %s", redis.url, redis.data_dir)
+    assert settings.redis_url is not None
+    boards = ",".join(map(str, args.boards))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--boards", boards,
+         "--backend", settings.backend, "--redis-url", settings.redis_url],
+        preexec_fn=child_dies_with_parent,
+    )  # fmt: skip
+    worker_failed = threading.Event()
+
+    def watch_worker() -> None:
+        if worker.wait() != 0:
+            worker_failed.set()
+            log.error("the worker exited with code %s; stopping the lab", worker.returncode)
+            signal.raise_signal(signal.SIGTERM)
+
+    threading.Thread(target=watch_worker, daemon=True).start()
+    try:
+        code = _uvicorn(settings)
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if redis is not None:
+            redis.stop()
+    return 1 if worker_failed.is_set() else code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpgalab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--redis-url", help="shared Redis (FPGALAB_REDIS_URL)")
+        p.add_argument("--backend", help="sim (default), hardware, or module:Class")
+
+    def http(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+    serve = sub.add_parser("serve", help="API + worker (+ a private Redis): the whole lab")
+    common(serve)
+    http(serve)
+    serve.add_argument("--boards", type=parse_boards, default=list(range(NUM_BOARDS)))
+    serve.set_defaults(func=cmd_serve)
+
+    api = sub.add_parser("api", help="the REST API alone (one replica)")
+    common(api)
+    http(api)
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="a worker for some boards")
+    common(worker)
+    worker.add_argument("--boards", type=parse_boards, default=list(range(NUM_BOARDS)))
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

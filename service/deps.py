@@ -1,0 +1,68 @@
+"""Route dependencies as named ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from fastapi.security import APIKeyHeader
+
+from service.auth import Caller, KeyRing
+from service.errors import Forbidden, InvalidApiKey
+from service.settings import Settings
+from service.states import NUM_BOARDS
+from service.store import Actor, Store
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Names the caller.")
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> Caller:
+    keyring: KeyRing = request.app.state.keyring
+    caller = keyring.lookup(key)
+    if caller is None:
+        raise InvalidApiKey(
+            "invalid_api_key", "A valid X-API-Key header is required." if not key
+            else "The X-API-Key is not known to this lab."
+        )  # fmt: skip
+    return caller
+
+
+def get_actor(
+    caller: Annotated[Caller, Depends(get_caller)],
+    session_id: Annotated[
+        str | None,
+        Header(alias="X-Session-ID", description="The session acted on; checked when sent."),
+    ] = None,
+) -> Actor:
+    return Actor(caller.name, caller.admin, session_id or "")
+
+
+def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.admin:
+        raise Forbidden("admin_required", f"{caller.name} is not an admin of this lab.")
+    return caller
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+ActorDep = Annotated[Actor, Depends(get_actor)]
+AdminDep = Annotated[Caller, Depends(require_admin)]
+FpgaId = Annotated[int, Path(ge=0, le=NUM_BOARDS - 1, description="Board id, 0-9.")]
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="A retry with the same key (same caller) returns the first answer.",
+    ),
+]

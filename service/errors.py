@@ -1,0 +1,109 @@
+"""Every error the API can answer with, each carrying its code and HTTP status.
+
+    LabError
+    ├── ValidationFailed          422 validation_error
+    ├── DesignRejected            422 unsupported_design | empty_design | design_not_text
+    ├── DesignTooLarge            413 design_too_large
+    ├── IdempotencyKeyReused      422 idempotency_key_reused
+    ├── InvalidApiKey             401 invalid_api_key
+    ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
+    ├── NotFound                  404 job_not_found | no_active_session | not_found
+    ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
+    │                                 | fpga_unavailable | job_not_complete
+    │                                 | job_not_cancellable | session_renew_limit
+    └── ServiceUnavailable        503 redis_unavailable
+
+Routes raise these; ``service.handlers`` renders each as
+``{"detail": {"error": code, "message": message}}``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LabError(Exception):
+    status: ClassVar[int] = 500
+    codes: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in self.codes:  # a typo here would silently break the contract
+            raise ValueError(f"{type(self).__name__} has no error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ValidationFailed(LabError):
+    status = 422
+    codes = frozenset({"validation_error"})
+
+
+class DesignRejected(LabError):
+    status = 422
+    codes = frozenset({"unsupported_design", "empty_design", "design_not_text"})
+
+
+class DesignTooLarge(LabError):
+    status = 413
+    codes = frozenset({"design_too_large"})
+
+
+class IdempotencyKeyReused(LabError):
+    status = 422
+    codes = frozenset({"idempotency_key_reused"})
+
+
+class InvalidApiKey(LabError):
+    status = 401
+    codes = frozenset({"invalid_api_key"})
+
+
+class Forbidden(LabError):
+    status = 403
+    codes = frozenset({"admin_required", "not_session_owner", "session_mismatch"})
+
+
+class NotFound(LabError):
+    status = 404
+    codes = frozenset({"job_not_found", "no_active_session", "not_found"})
+
+
+class Conflict(LabError):
+    status = 409
+    codes = frozenset(
+        {
+            "fpga_not_idle",
+            "fpga_not_reserved",
+            "fpga_not_resettable",
+            "fpga_unavailable",
+            "job_not_complete",
+            "job_not_cancellable",
+            "session_renew_limit",
+        }
+    )
+
+
+class ServiceUnavailable(LabError):
+    status = 503
+    codes = frozenset({"redis_unavailable"})
+
+
+ALL_ERRORS: tuple[type[LabError], ...] = (
+    ValidationFailed,
+    DesignRejected,
+    DesignTooLarge,
+    IdempotencyKeyReused,
+    InvalidApiKey,
+    Forbidden,
+    NotFound,
+    Conflict,
+    ServiceUnavailable,
+)
+
+_BY_CODE = {code: cls for cls in ALL_ERRORS for code in cls.codes}
+
+
+def lab_error(code: str, message: str) -> LabError:
+    """The error for ``code`` (as returned by a Lua script), of the right class."""
+    return _BY_CODE[code](code, message)

@@ -1,0 +1,91 @@
+"""One place that turns every failure into ``{"detail": {"error", "message"}}``.
+
+Domain errors carry their own code and status; request validation, unknown
+routes and Redis outages are translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import ALL_ERRORS, LabError
+from service.models import ErrorResponse
+
+log = logging.getLogger("fpgalab.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"detail": {"error": code, "message": message}}
+
+
+def _describe(loc: tuple[Any, ...], msg: str) -> str:
+    where = ".".join(str(p) for p in loc if p not in ("body",)) or "body"
+    if where in ("path.fpga_id", "fpga_id"):
+        return f"fpga_id: {msg} (boards are 0-9)"
+    return f"{where}: {msg.removeprefix('Value error, ')}"
+
+
+async def lab_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LabError)
+    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+
+async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = [_describe(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+    return JSONResponse(error_body("validation_error", "; ".join(parts)), status_code=422)
+
+
+async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def redis_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        error_body("redis_unavailable", "The lab's state store (Redis) is unreachable; retry."),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(LabError, lab_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RedisError, redis_error_handler)
+
+
+def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that may fail with ``codes``, plus the errors
+    every route can return (401, 422, 503), grouped by status with the codes listed."""
+    by_status: dict[int, list[str]] = {
+        401: ["invalid_api_key"],
+        422: ["validation_error"],
+        503: ["redis_unavailable"],
+    }
+    for code in codes:
+        status = next(cls.status for cls in ALL_ERRORS if code in cls.codes)
+        by_status.setdefault(status, []).append(code)
+    return {
+        status: {"model": ErrorResponse, "description": "Error codes: " + ", ".join(sorted(found))}
+        for status, found in sorted(by_status.items())
+    }

@@ -1,0 +1,193 @@
+"""The API's request and response bodies (the names are part of the contract)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.states import BoardState, Health, JobStatus, JobType
+
+#: The documented per-job transfer ceiling (words); Settings may lower it.
+MAX_TRANSFER_WORDS = 65536
+
+Word = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+def iso(ts: str | float | None) -> datetime | None:
+    """A stored epoch timestamp as an aware UTC datetime (rendered ISO 8601)."""
+    if ts is None or ts == "":
+        return None
+    return datetime.fromtimestamp(float(ts), tz=UTC)
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Stable machine-readable code, e.g. `fpga_not_idle`.")
+    message: str = Field(description="What went wrong, for a person.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns, 422 and 401 included."""
+
+    detail: ErrorBody
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    redis: bool
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    owner: str
+    created_at: datetime
+    expires_at: datetime
+    max_expires_at: datetime = Field(description="Renewals never extend past this.")
+
+
+class SessionResponse(SessionInfo):
+    fpga_id: int
+
+
+class FPGASummary(BaseModel):
+    fpga_id: int
+    state: BoardState
+    session: SessionInfo | None = None
+    current_job_id: str | None = None
+    health: Health = Field(description="good, unknown, bad or maintenance; kept apart from state.")
+    health_reason: str | None = None
+    worker: str | None = Field(None, description="Worker holding this board now, if any.")
+    updated_at: datetime | None = None
+
+
+class Op(IntEnum):
+    WRITE = 1
+    READ = 2
+
+
+class RunRequest(BaseModel):
+    """One Wishbone transaction: a write of ``data`` or a read of ``length`` words,
+    at consecutive word addresses starting at ``address``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Op = Field(description="1 = write, 2 = read.")
+    address: int = Field(ge=0, lt=2**32, description="Wishbone byte address, word-aligned.")
+    data: list[Word] | None = Field(
+        None,
+        max_length=MAX_TRANSFER_WORDS,
+        description="32-bit words to write (op 1 only, 1 to 65,536 words).",
+    )
+    length: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TRANSFER_WORDS,
+        description="Words to read (op 2 only, default 1, at most 65,536).",
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> RunRequest:
+        if self.address % 4:
+            raise ValueError(f"address {self.address:#x} is not word-aligned (a multiple of 4)")
+        if self.op is Op.WRITE:
+            if not self.data:
+                raise ValueError("data: a write (op 1) needs at least one word")
+            if self.length is not None:
+                raise ValueError("length: only a read (op 2) takes a length")
+            words = len(self.data)
+        else:
+            if self.data is not None:
+                raise ValueError("data: a read (op 2) takes no data")
+            words = self.length or 1
+        if self.address + 4 * words > 2**32:
+            raise ValueError("address: the transfer runs past the end of the 32-bit address space")
+        return self
+
+    @property
+    def words(self) -> int:
+        return len(self.data) if self.data else (self.length or 1)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    fpga_id: int
+    status: JobStatus
+    session_id: str | None = None
+    expires_at: datetime | None = Field(None, description="Session expiry (submit only).")
+    replayed: bool = Field(False, description="True when an Idempotency-Key replayed this.")
+
+
+class JobResponse(BaseModel):
+    job_id: str
+    fpga_id: int
+    type: JobType
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    owner: str | None = None
+    session_id: str | None = None
+    error: str | None = Field(None, description="One line saying why a job failed.")
+    filename: str | None = None
+    design_sha256: str | None = None
+
+
+class RunResult(BaseModel):
+    ok: bool
+    data: list[int] = Field(default_factory=list, description="Words read (empty for a write).")
+    error: str | None = None
+
+
+class RenewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: int | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="Extend to now + seconds (default: the TTL)."
+    )
+
+
+def job_response(record: dict[str, Any]) -> JobResponse:
+    """A job hash from Redis as the API shows it."""
+    return JobResponse(
+        job_id=record["job_id"],
+        fpga_id=int(record["fpga_id"]),
+        type=JobType(record["type"]),
+        status=JobStatus(record["status"]),
+        created_at=iso(record["created_at"]),  # type: ignore[arg-type]
+        updated_at=iso(record["updated_at"]),  # type: ignore[arg-type]
+        started_at=iso(record.get("started_at")),
+        finished_at=iso(record.get("finished_at")),
+        owner=record.get("owner"),
+        session_id=record.get("session_id"),
+        error=record.get("error"),
+        filename=record.get("filename"),
+        design_sha256=record.get("design_sha256"),
+    )
+
+
+def session_info(board: dict[str, str]) -> SessionInfo | None:
+    if "session_id" not in board:
+        return None
+    return SessionInfo(
+        session_id=board["session_id"],
+        owner=board["session_owner"],
+        created_at=iso(board["session_created_at"]),  # type: ignore[arg-type]
+        expires_at=iso(board["session_expires_at"]),  # type: ignore[arg-type]
+        max_expires_at=iso(board["session_max_expires_at"]),  # type: ignore[arg-type]
+    )
+
+
+def board_summary(fpga_id: int, board: dict[str, str], worker: str | None) -> FPGASummary:
+    return FPGASummary(
+        fpga_id=fpga_id,
+        state=BoardState(board.get("state", BoardState.IDLE)),
+        session=session_info(board),
+        current_job_id=board.get("current_job_id"),
+        health=Health(board.get("health", Health.UNKNOWN)),
+        health_reason=board.get("health_reason") or None,
+        worker=worker,
+        updated_at=iso(board.get("updated_at")),
+    )

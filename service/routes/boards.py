@@ -1,0 +1,137 @@
+"""Boards: list, inspect, submit a design, run a transaction, reset, maintenance."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Annotated
+
+from fastapi import APIRouter, Body, File, UploadFile
+
+from service.deps import ActorDep, AdminDep, CallerDep, FpgaId, IdempotencyKey, SettingsDep, StoreDep
+from service.errors import DesignRejected, DesignTooLarge, ValidationFailed
+from service.handlers import responses
+from service.models import FPGASummary, JobAccepted, RunRequest, board_summary
+
+router = APIRouter(prefix="/fpga", tags=["fpga"])
+
+DESIGN_SUFFIXES = (".py", ".v", ".sv")
+
+
+@router.get("", response_model=list[FPGASummary], responses=responses())
+async def list_fpgas(store: StoreDep, _: CallerDep) -> list[FPGASummary]:
+    return [board_summary(i, b, w) for i, b, w in await store.boards()]
+
+
+@router.get("/{fpga_id}", response_model=FPGASummary, responses=responses())
+async def get_fpga(fpga_id: FpgaId, store: StoreDep, _: CallerDep) -> FPGASummary:
+    board, worker = await store.board(fpga_id)
+    return board_summary(fpga_id, board, worker)
+
+
+@router.post(
+    "/{fpga_id}/submit",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=responses(
+        "fpga_not_idle", "fpga_unavailable", "design_too_large", "unsupported_design",
+        "empty_design", "design_not_text", "idempotency_key_reused",
+    ),
+)  # fmt: skip
+async def submit(
+    fpga_id: FpgaId,
+    store: StoreDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    file: Annotated[UploadFile, File(description="The design: a .py (Migen) or .v/.sv file.")],
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    """Upload a design and queue its build_and_program job; opens a session."""
+    filename = posixpath.basename((file.filename or "").replace("\\", "/"))
+    if not filename.lower().endswith(DESIGN_SUFFIXES):
+        raise DesignRejected(
+            "unsupported_design",
+            f"file {filename or '(unnamed)'!r}: a design must be a .py, .v or .sv file.",
+        )
+    raw = await file.read(settings.max_upload_bytes + 1)
+    if len(raw) > settings.max_upload_bytes:
+        raise DesignTooLarge(
+            "design_too_large",
+            f"file {filename!r} is over the {settings.max_upload_bytes}-byte upload limit.",
+        )
+    if not raw.strip():
+        raise DesignRejected("empty_design", f"file {filename!r} is empty.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DesignRejected(
+            "design_not_text", f"file {filename!r} is not UTF-8 text (byte {exc.start})."
+        ) from None
+    if "\x00" in text:
+        raise DesignRejected("design_not_text", f"file {filename!r} contains NUL bytes.")
+    sha = hashlib.sha256(raw).hexdigest()
+    reply = await store.submit(fpga_id, actor, filename, text, sha, idempotency_key)
+    return JobAccepted.model_validate(reply)
+
+
+@router.post(
+    "/{fpga_id}/run",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=responses(
+        "fpga_not_reserved", "not_session_owner", "session_mismatch", "idempotency_key_reused"
+    ),
+)
+async def run(
+    fpga_id: FpgaId,
+    request: RunRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    """Queue one Wishbone transaction; runs queue behind each other in order."""
+    if request.words > settings.max_transfer_words:
+        raise ValidationFailed(
+            "validation_error",
+            f"{'data' if request.data else 'length'}: {request.words} words is over this "
+            f"lab's limit of {settings.max_transfer_words} words per job",
+        )
+    body = request.model_dump_json(exclude_none=True)
+    reply = await store.run(fpga_id, actor, body, idempotency_key)
+    return JobAccepted.model_validate(reply)
+
+
+@router.post(
+    "/{fpga_id}/reset",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=responses("fpga_not_resettable", "not_session_owner", "session_mismatch"),
+)
+async def reset(fpga_id: FpgaId, store: StoreDep, actor: ActorDep) -> JobAccepted:
+    """Reflash the base SoC and free the board; closes the session."""
+    return JobAccepted.model_validate(await store.reset(fpga_id, actor, "reset"))
+
+
+@router.post(
+    "/{fpga_id}/maintenance",
+    response_model=FPGASummary,
+    responses=responses("admin_required"),
+)
+async def maintenance(
+    fpga_id: FpgaId,
+    store: StoreDep,
+    admin: AdminDep,
+    reason: Annotated[str | None, Body(embed=True, max_length=500)] = None,
+) -> FPGASummary:
+    """Take a board out of service (admin). A running session carries on."""
+    why = reason or f"put in maintenance by {admin.name}"
+    await store.set_health(fpga_id, "maintenance", "maintenance", why)
+    return await get_fpga(fpga_id, store, admin)
+
+
+@router.post("/{fpga_id}/online", response_model=FPGASummary, responses=responses("admin_required"))
+async def online(fpga_id: FpgaId, store: StoreDep, admin: AdminDep) -> FPGASummary:
+    """Bring a board out of maintenance (admin): its health becomes good."""
+    await store.set_health(fpga_id, "online", "good", f"brought online by {admin.name}")
+    return await get_fpga(fpga_id, store, admin)

@@ -1,0 +1,88 @@
+"""Jobs of a board: status, logs, result, cancel."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
+
+from service.auth import Caller
+from service.deps import CallerDep, FpgaId, JobId, SettingsDep, StoreDep
+from service.errors import Conflict, Forbidden, NotFound
+from service.handlers import responses
+from service.models import JobResponse, RunResult, job_response
+from service.states import JobStatus
+from service.store import Actor, Store
+
+router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
+
+
+async def _fields(store: Store, fpga_id: int, job_id: str, *fields: str) -> list[str | None]:
+    values = await store.job_fields(job_id, "fpga_id", *fields)
+    if values[0] != str(fpga_id):
+        raise NotFound("job_not_found", f"FPGA {fpga_id} has no job {job_id}.")
+    return values[1:]
+
+
+def _check_reader(caller: Caller, owner: str | None, job_id: str) -> None:
+    if not caller.admin and owner != caller.name:
+        raise Forbidden("not_session_owner", f"Job {job_id} belongs to another caller.")
+
+
+@router.get("/{job_id}", response_model=JobResponse, responses=responses("job_not_found"))
+async def get_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, _: CallerDep) -> JobResponse:
+    record = await store.job(job_id)
+    if record.get("fpga_id") != str(fpga_id):
+        raise NotFound("job_not_found", f"FPGA {fpga_id} has no job {job_id}.")
+    return job_response(record)
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The job's log so far."},
+        **responses("job_not_found", "not_session_owner"),
+    },
+)
+async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep) -> str:
+    [owner] = await _fields(store, fpga_id, job_id, "owner")
+    _check_reader(caller, owner, job_id)
+    lines = await store.logs(job_id)
+    return "".join(line + "\n" for line in lines)
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=RunResult,
+    responses=responses("job_not_found", "job_not_complete", "not_session_owner"),
+)
+async def get_result(
+    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep
+) -> Response:
+    """Words a run job read (``data``), once it has finished."""
+    owner, status, result, error = await _fields(
+        store, fpga_id, job_id, "owner", "status", "result", "error"
+    )
+    _check_reader(caller, owner, job_id)
+    if status not in (JobStatus.COMPLETE, JobStatus.FAILED):
+        raise Conflict("job_not_complete", f"Job {job_id} is {status}; it has no result yet.")
+    if result is None:  # builds, resets, and runs that never reached the bus
+        result = json.dumps({"ok": status == JobStatus.COMPLETE, "data": [], "error": error})
+    # stored as the JSON it is served as: no parse and re-encode of 65k words
+    return Response(result, media_type="application/json")
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses("job_not_found", "job_not_cancellable", "not_session_owner"),
+)
+async def cancel_job(
+    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep, settings: SettingsDep
+) -> Response:
+    """Cancel a job no worker has taken yet; a cancelled build frees the board."""
+    await store.cancel(fpga_id, job_id, Actor(caller.name, caller.admin))
+    return Response(status_code=204)

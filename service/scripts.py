@@ -1,0 +1,71 @@
+"""The Lua scripts that change lab state atomically on the Redis server.
+
+Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
+transition table from ``service.states`` substituted in) and registered once;
+redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from service.errors import lab_error
+from service.states import transitions_json
+
+NAMES = (
+    "submit",
+    "run",
+    "reset",
+    "cancel",
+    "take",
+    "finish",
+    "lost",
+    "renew",
+    "health",
+    "claim",
+)
+
+
+@cache
+def source(name: str) -> str:
+    folder = Path(__file__).parent / "scripts"
+    body = (folder / f"{name}.lua").read_text()
+    if name == "claim":  # touches only its own key: no prelude needed
+        return body
+    lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
+    return lib + "\n" + body
+
+
+class Scripts:
+    """The registered scripts of one Redis client, called by name."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source(name)) for name in NAMES
+        }
+
+    async def call(self, name: str, *args: Any, keys: tuple[str, ...] = ()) -> Any:
+        """Run script ``name``; its ``{"err": code}`` reply raises that LabError."""
+        raw = await self._scripts[name](keys=list(keys), args=[_arg(a) for a in args])
+        if name == "claim":
+            return raw
+        reply = json.loads(raw)
+        if "err" in reply:
+            raise lab_error(reply["err"], reply["message"])
+        return reply["ok"]
+
+
+def _arg(value: Any) -> str | int | float:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (str, int, float)):
+        return value
+    return str(value)

@@ -1,0 +1,27 @@
+-- Cancel a job that no worker has taken yet; a cancelled build frees the board.
+-- ARGV: fpga_id job_id caller admin retention
+local id, job_id, caller, admin, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local k = job_key(job_id)
+if hget(k, 'fpga_id') ~= id then
+  return fail('job_not_found', 'FPGA ' .. id .. ' has no job ' .. job_id .. '.')
+end
+if admin ~= '1' and hget(k, 'owner') ~= caller then
+  return fail('not_session_owner', 'Job ' .. job_id .. ' belongs to another caller.')
+end
+local status, jtype = hget(k, 'status'), hget(k, 'type')
+if status ~= 'queued' then
+  return fail('job_not_cancellable', 'Job ' .. job_id .. ' is ' .. status ..
+    '; only a queued job can be cancelled.')
+end
+if jtype == 'reset' then
+  return fail('job_not_cancellable', 'Job ' .. job_id ..
+    ' is a reset; a reset cannot be cancelled once requested.')
+end
+local t = now()
+cancel_job(job_id, id, 'cancelled by ' .. caller, t, retention)
+if jtype == 'build_and_program' then
+  transition(id, 'cancel_build', t)
+  close_session(id)
+  redis.call('HDEL', board_key(id), 'current_job_id')
+end
+return ok({job_id = job_id, status = 'cancelled'})

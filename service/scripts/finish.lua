@@ -1,0 +1,25 @@
+-- A worker ends a job it holds; applies the board event and health it reports.
+-- Returns {stale = true} if the job is no longer this worker's (declared lost).
+-- ARGV: job_id worker_id status event error result health health_reason retention
+local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local k = job_key(job_id)
+if hget(k, 'status') ~= 'running' or hget(k, 'worker') ~= wid then
+  return ok({stale = true})
+end
+local id = hget(k, 'fpga_id')
+local t = now()
+redis.call('HSET', k, 'status', status, 'updated_at', t, 'finished_at', t)
+if err ~= '' then redis.call('HSET', k, 'error', err) end
+if result ~= '' then redis.call('HSET', k, 'result', result) end
+redis.call('ZREM', RUNNING, job_id)
+drop_entry(id, hget(k, 'entry_id'))
+finish_keys(job_id, retention)
+local b = board_key(id)
+if event ~= '' then transition(id, event, t) end
+if hget(b, 'current_job_id') == job_id then redis.call('HDEL', b, 'current_job_id') end
+if health ~= '' and hget(b, 'health') ~= 'maintenance' then
+  redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+end
+publish('job', {job_id = job_id, fpga_id = tonumber(id), status = status})
+return ok({state = board_state(id)})

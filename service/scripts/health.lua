@@ -1,0 +1,13 @@
+-- Set a board's health. mode 'check' (a worker's check: never overrides
+-- maintenance), 'maintenance' or 'online' (an admin).
+-- ARGV: fpga_id mode health reason
+local id, mode, health, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local b = board_key(id)
+local current = hget(b, 'health') or 'unknown'
+if mode == 'check' and current == 'maintenance' then return ok({health = current}) end
+if mode == 'online' and current ~= 'maintenance' then return ok({health = current}) end
+local t = now()
+if not hget(b, 'state') then redis.call('HSET', b, 'state', 'idle', 'updated_at', t) end
+redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+publish('board', {fpga_id = tonumber(id), health = health})
+return ok({health = health})

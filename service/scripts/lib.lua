@@ -1,0 +1,135 @@
+-- Shared prelude, prepended to every script by service/scripts.py.
+-- TRANSITIONS is substituted from service/states.py at load time.
+local P = 'fpgalab'
+local TRANSITIONS = cjson.decode('@TRANSITIONS@')
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function board_key(id) return P .. ':board:' .. id end
+local function queue_key(id) return P .. ':board:' .. id .. ':queue' end
+local function queued_key(id) return P .. ':board:' .. id .. ':queued' end
+local function job_key(id) return P .. ':job:' .. id end
+local function log_key(id) return P .. ':job:' .. id .. ':log' end
+local function design_key(id) return P .. ':job:' .. id .. ':design' end
+local RUNNING = P .. ':jobs:running'
+local EXPIRY = P .. ':sessions:expiry'
+local EVENTS = P .. ':events'
+
+local function fail(code, message)
+  return cjson.encode({err = code, message = message})
+end
+
+local function ok(value)
+  return cjson.encode({ok = value})
+end
+
+local function hget(key, field)
+  local v = redis.call('HGET', key, field)
+  if v == false then return nil end
+  return v
+end
+
+local function board_state(id)
+  return hget(board_key(id), 'state') or 'idle'
+end
+
+local function publish(kind, fields)
+  fields.kind = kind
+  redis.call('PUBLISH', EVENTS, cjson.encode(fields))
+end
+
+-- Apply `event` to board `id` through the table; returns (old, new) or (old, nil).
+local function transition(id, event, t)
+  local state = board_state(id)
+  local row = TRANSITIONS[state]
+  local target = row and row[event]
+  if target then
+    redis.call('HSET', board_key(id), 'state', target, 'updated_at', t)
+    publish('board', {fpga_id = tonumber(id), state = target, event = event})
+  end
+  return state, target
+end
+
+local SESSION_FIELDS = {'session_id', 'session_owner', 'session_created_at',
+                        'session_expires_at', 'session_max_expires_at'}
+
+local function close_session(id)
+  redis.call('HDEL', board_key(id), unpack(SESSION_FIELDS))
+  redis.call('ZREM', EXPIRY, id)
+end
+
+-- Ownership of the board's session: '' when allowed, else an error reply.
+local function check_owner(id, caller, admin, session_header)
+  local b = board_key(id)
+  local sid = hget(b, 'session_id')
+  if not sid then return '' end
+  if admin ~= '1' and hget(b, 'session_owner') ~= caller then
+    return fail('not_session_owner',
+      'FPGA ' .. id .. ' is reserved by another caller\'s session.')
+  end
+  if session_header ~= '' and session_header ~= sid then
+    return fail('session_mismatch',
+      'X-Session-ID does not match the active session of FPGA ' .. id .. '.')
+  end
+  return ''
+end
+
+local function new_job(job_id, id, jtype, owner, session_id, t, extra)
+  local k = job_key(job_id)
+  redis.call('HSET', k, 'job_id', job_id, 'fpga_id', id, 'type', jtype,
+    'status', 'queued', 'owner', owner, 'created_at', t, 'updated_at', t)
+  if session_id and session_id ~= '' then redis.call('HSET', k, 'session_id', session_id) end
+  for field, value in pairs(extra) do redis.call('HSET', k, field, value) end
+  local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
+  redis.call('HSET', k, 'entry_id', entry)
+  redis.call('SADD', queued_key(id), job_id)
+  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'queued'})
+  return {job_id = job_id, fpga_id = tonumber(id), status = 'queued'}
+end
+
+-- Drop a stream entry nobody needs any more (acked or never delivered).
+local function drop_entry(id, entry)
+  if entry then
+    redis.call('XACK', queue_key(id), 'workers', entry)
+    redis.call('XDEL', queue_key(id), entry)
+  end
+end
+
+local function finish_keys(job_id, retention)
+  redis.call('EXPIRE', job_key(job_id), retention)
+  redis.call('EXPIRE', log_key(job_id), retention)
+  redis.call('EXPIRE', design_key(job_id), retention)
+end
+
+local function cancel_job(job_id, id, reason, t, retention)
+  local k = job_key(job_id)
+  redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
+  redis.call('SREM', queued_key(id), job_id)
+  drop_entry(id, hget(k, 'entry_id'))
+  finish_keys(job_id, retention)
+  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'cancelled'})
+end
+
+-- Idempotency: a stored answer for this caller and key, checked against the request.
+local function idem_lookup(idem_key, fingerprint)
+  if idem_key == '' then return nil end
+  local stored = redis.call('GET', idem_key)
+  if not stored then return nil end
+  local record = cjson.decode(stored)
+  if record.fingerprint ~= fingerprint then
+    return fail('idempotency_key_reused',
+      'Idempotency-Key was already used for a different request.')
+  end
+  record.response.replayed = true
+  return ok(record.response)
+end
+
+local function idem_store(idem_key, fingerprint, ttl, response)
+  if idem_key ~= '' then
+    redis.call('SET', idem_key, cjson.encode({fingerprint = fingerprint, response = response}),
+      'EX', ttl)
+  end
+end

@@ -1,0 +1,22 @@
+-- Queue a Wishbone run job on a reserved board, for the session's owner.
+-- ARGV: fpga_id job_id caller admin session_header request_json
+--       idem_key fingerprint idem_ttl
+local id, job_id, caller, admin, header = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local request = ARGV[6]
+local idem_key, fingerprint, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then return replay end
+
+local state = board_state(id)
+if state ~= 'reserved' then
+  return fail('fpga_not_reserved', 'FPGA ' .. id .. ' is ' .. state .. ', not reserved.')
+end
+local denied = check_owner(id, caller, admin, header)
+if denied ~= '' then return denied end
+
+local sid = hget(board_key(id), 'session_id')
+local response = new_job(job_id, id, 'run', caller, sid, now(), {request = request})
+response.session_id = sid
+idem_store(idem_key, fingerprint, idem_ttl, response)
+return ok(response)

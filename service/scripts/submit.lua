@@ -1,0 +1,39 @@
+-- Open a session on an idle, healthy board and queue its build_and_program job.
+-- ARGV: fpga_id job_id owner session_id session_ttl max_lifetime
+--       filename design design_sha256 idem_key fingerprint idem_ttl
+local id, job_id, owner, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, max_life = tonumber(ARGV[5]), tonumber(ARGV[6])
+local filename, design, sha = ARGV[7], ARGV[8], ARGV[9]
+local idem_key, fingerprint, idem_ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
+
+local replay = idem_lookup(idem_key, fingerprint)
+if replay then return replay end
+
+local b = board_key(id)
+local state = board_state(id)
+if state ~= 'idle' then
+  return fail('fpga_not_idle', 'FPGA ' .. id .. ' is ' .. state .. ', not idle.')
+end
+local health = hget(b, 'health') or 'unknown'
+if health ~= 'good' then
+  local reason = hget(b, 'health_reason')
+  local why = 'FPGA ' .. id .. ' is out of service: health is ' .. health
+  if reason and reason ~= '' then why = why .. ' (' .. reason .. ')' end
+  return fail('fpga_unavailable', why .. '.')
+end
+
+local t = now()
+local expires, max_expires = t + ttl, t + max_life
+if expires > max_expires then expires = max_expires end
+transition(id, 'submit', t)
+redis.call('HSET', b, 'session_id', sid, 'session_owner', owner, 'session_created_at', t,
+  'session_expires_at', expires, 'session_max_expires_at', max_expires,
+  'current_job_id', job_id)
+redis.call('ZADD', EXPIRY, expires, id)
+redis.call('SET', design_key(job_id), design)
+local response = new_job(job_id, id, 'build_and_program', owner, sid, t,
+  {filename = filename, design_size = #design, design_sha256 = sha})
+response.session_id = sid
+response.expires_at = expires
+idem_store(idem_key, fingerprint, idem_ttl, response)
+return ok(response)

@@ -1,0 +1,32 @@
+-- A worker takes a job it read from the board's queue: queued -> running.
+-- Returns the job record, or {skip = reason} after dropping the entry.
+-- ARGV: fpga_id job_id worker_id entry_id retention
+local id, job_id, wid, entry, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local k = job_key(job_id)
+local status = hget(k, 'status')
+if status ~= 'queued' then
+  drop_entry(id, entry)
+  return ok({skip = 'job is ' .. (status or 'gone')})
+end
+local t = now()
+local jtype = hget(k, 'type')
+local state = board_state(id)
+local expected = {build_and_program = 'queued', run = 'reserved', reset = 'resetting'}
+if state ~= expected[jtype] then
+  -- e.g. runs queued behind a run that faulted the board
+  redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
+    'error', 'FPGA ' .. id .. ' is ' .. state .. ' and can no longer run this job.')
+  redis.call('SREM', queued_key(id), job_id)
+  drop_entry(id, entry)
+  finish_keys(job_id, retention)
+  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
+  return ok({skip = 'board is ' .. state})
+end
+redis.call('HSET', k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
+redis.call('SREM', queued_key(id), job_id)
+redis.call('ZADD', RUNNING, t, job_id)
+if jtype == 'build_and_program' then transition(id, 'build_start', t) end
+redis.call('HSET', board_key(id), 'current_job_id', job_id)
+publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'running'})
+local record = redis.call('HGETALL', k)
+return ok({job = record})

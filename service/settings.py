@@ -1,0 +1,56 @@
+"""The service's settings: one pydantic-settings class, environment prefix ``FPGALAB_``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fpgalab"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FPGALAB_", extra="ignore")
+
+    #: Redis to share; None means ``fpgalab serve`` starts a private one.
+    redis_url: str | None = None
+    #: Where the private Redis (and later, build caches) keep their data.
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    #: ``name=key[:admin]`` entries, comma-separated. Empty (and no file): open lab.
+    api_keys: str = ""
+    #: A file of the same entries, one per line; ``#`` starts a comment.
+    api_keys_file: Path | None = None
+
+    #: Seconds a new session lasts, and what a renew adds by default.
+    session_ttl: int = Field(default=1800, gt=0)
+    #: Hard limit on a session's whole life, renewals included (seconds).
+    session_max_lifetime: int = Field(default=8 * 3600, gt=0)
+    #: Seconds a finished job (record, logs, result) is kept.
+    job_retention: int = Field(default=7 * 24 * 3600, gt=0)
+    #: Seconds a stored Idempotency-Key answer is replayed.
+    idempotency_ttl: int = Field(default=24 * 3600, gt=0)
+
+    #: Largest design upload (bytes).
+    max_upload_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: Largest Wishbone transfer one run job may carry (32-bit words).
+    max_transfer_words: int = Field(default=65536, gt=0)
+    #: Most log lines kept per job (older ones are trimmed).
+    max_log_lines: int = Field(default=100_000, gt=0)
+
+    #: Backend that workers drive: a registered name or ``module:Class``.
+    backend: str = "sim"
+    #: Seconds a worker's heartbeat lives; a worker silent this long is dead.
+    worker_heartbeat_ttl: float = Field(default=15.0, gt=0)
+    #: Seconds between health checks of an idle board.
+    health_interval: float = Field(default=60.0, gt=0)
+    #: Seconds between housekeeping passes (session expiry, lost jobs).
+    housekeeping_interval: float = Field(default=1.0, gt=0)
+
+    host: str = "127.0.0.1"
+    port: int = 8000

@@ -1,0 +1,289 @@
+"""All lab state in Redis: boards, sessions, jobs, queues and logs.
+
+Reads are plain (pipelined) commands; every change that could race goes through
+one of the Lua scripts in ``service/scripts``. The API and the workers share this
+class; it is the only module that knows the key layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from service import keys
+from service.scripts import Scripts
+from service.settings import Settings
+from service.states import BOARD_IDS
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, as the scripts need it: name, admin role, and the X-Session-ID sent."""
+
+    name: str
+    admin: bool = False
+    session_header: str = ""
+
+
+class Store:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> Store:
+        redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=5,
+        )
+        return cls(redis, settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- reads -------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def boards(self, ids: Iterable[int] = BOARD_IDS) -> list[tuple[int, dict[str, str], str | None]]:
+        """(id, board hash, live worker) for each board, in one round trip."""
+        ids = list(ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(keys.board(i))
+            pipe.get(keys.owner(i))
+        replies = await pipe.execute()
+        return [(i, replies[2 * n], replies[2 * n + 1]) for n, i in enumerate(ids)]
+
+    async def board(self, fpga_id: int) -> tuple[dict[str, str], str | None]:
+        [(_, record, worker)] = await self.boards([fpga_id])
+        return record, worker
+
+    async def job(self, job_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(keys.job(job_id))  # type: ignore[no-any-return]
+
+    async def job_fields(self, job_id: str, *fields: str) -> list[str | None]:
+        return await self.redis.hmget(keys.job(job_id), list(fields))  # type: ignore[no-any-return]
+
+    async def logs(self, job_id: str) -> list[str]:
+        entries = await self.redis.xrange(keys.log(job_id))
+        return [fields["l"] for _, fields in entries]
+
+    async def design(self, job_id: str) -> str | None:
+        return await self.redis.get(keys.design(job_id))  # type: ignore[no-any-return]
+
+    # -- changes requested through the API -----------------------------------------
+
+    async def submit(
+        self,
+        fpga_id: int,
+        actor: Actor,
+        filename: str,
+        design: str,
+        design_sha256: str,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        s = self.settings
+        idem, fingerprint = self._idempotency(actor, idempotency_key, "submit", fpga_id, design_sha256)
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
+            s.session_max_lifetime, filename, design, design_sha256,
+            idem, fingerprint, s.idempotency_ttl,
+        )  # fmt: skip
+
+    async def run(
+        self, fpga_id: int, actor: Actor, request: str, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        idem, fingerprint = self._idempotency(actor, idempotency_key, "run", fpga_id, request)
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
+            idem, fingerprint, self.settings.idempotency_ttl,
+        )  # fmt: skip
+
+    async def reset(self, fpga_id: int, actor: Actor, mode: str) -> dict[str, Any]:
+        """``mode`` is ``reset`` or ``release``; see ``expire`` for expiry."""
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "reset", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, mode,
+            self.settings.job_retention,
+        )  # fmt: skip
+
+    async def cancel(self, fpga_id: int, job_id: str, actor: Actor) -> dict[str, Any]:
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "cancel", fpga_id, job_id, actor.name, actor.admin, self.settings.job_retention
+        )
+
+    async def renew(self, fpga_id: int, actor: Actor, seconds: int) -> dict[str, Any]:
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "renew", fpga_id, actor.name, actor.admin, actor.session_header, seconds
+        )
+
+    async def set_health(self, fpga_id: int, mode: str, health: str, reason: str) -> str:
+        reply = await self.scripts.call("health", fpga_id, mode, health, reason)
+        return reply["health"]  # type: ignore[no-any-return]
+
+    def _idempotency(
+        self, actor: Actor, key: str | None, route: str, fpga_id: int, body: str
+    ) -> tuple[str, str]:
+        if not key:
+            return "", ""
+        digest = hashlib.sha256(f"{route}\0{fpga_id}\0{body}".encode()).hexdigest()
+        return keys.idempotency(actor.name, key), digest
+
+    # -- housekeeping (workers) ------------------------------------------------------
+
+    async def expire(self, fpga_id: int, session_id: str) -> dict[str, Any]:
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "reset", fpga_id, new_id(), session_id, False, "", "expire",
+            self.settings.job_retention,
+        )  # fmt: skip
+
+    async def expired_sessions(self, ids: Iterable[int]) -> list[tuple[int, str]]:
+        """(board, session id) of the given boards whose session expiry has passed."""
+        wanted = {str(i) for i in ids}
+        due = await self.redis.zrangebyscore(keys.SESSION_EXPIRY, "-inf", time.time())
+        due = [d for d in due if d in wanted]
+        if not due:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for d in due:
+            pipe.hget(keys.board(int(d)), "session_id")
+        sids = await pipe.execute()
+        return [(int(d), sid or "") for d, sid in zip(due, sids, strict=True)]
+
+    async def running_jobs(self) -> list[tuple[str, str | None]]:
+        """(job id, worker id) of every running job."""
+        ids = await self.redis.zrange(keys.RUNNING, 0, -1)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(keys.job(job_id), "worker")
+        workers = await pipe.execute()
+        return list(zip(ids, workers, strict=True))
+
+    async def alive_workers(self, worker_ids: Sequence[str]) -> set[str]:
+        if not worker_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for w in worker_ids:
+            pipe.exists(keys.worker(w))
+        alive = await pipe.execute()
+        return {w for w, a in zip(worker_ids, alive, strict=True) if a}
+
+    async def mark_lost(self, job_id: str, worker_id: str, message: str) -> dict[str, Any]:
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "lost", job_id, worker_id, message, self.settings.job_retention
+        )
+
+    async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        ttl_ms = int(self.settings.worker_heartbeat_ttl * 1000)
+        await self.redis.set(keys.worker(worker_id), json.dumps(info), px=ttl_ms)
+
+    async def drop_worker(self, worker_id: str, boards: Iterable[int]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.worker(worker_id))
+        for b in boards:  # release only the leases this worker still holds
+            pipe.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                1, keys.owner(b), worker_id,
+            )  # fmt: skip
+        await pipe.execute()
+
+    async def claim_board(self, fpga_id: int, worker_id: str) -> str:
+        """Take or renew the lease on a board; returns the worker holding it."""
+        ttl_ms = int(self.settings.worker_heartbeat_ttl * 1000)
+        holder = await self.scripts.call("claim", worker_id, ttl_ms, keys=(keys.owner(fpga_id),))
+        return str(holder)
+
+    # -- the job queue (workers) -------------------------------------------------------
+
+    async def ensure_group(self, fpga_id: int) -> None:
+        try:
+            await self.redis.xgroup_create(keys.queue(fpga_id), keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def next_entries(
+        self, fpga_id: int, worker_id: str, block_ms: int, pending: bool = False
+    ) -> list[tuple[str, str]]:
+        """(entry id, job id) read for this worker: new ones, or its own pending ones."""
+        stream = keys.queue(fpga_id)
+        try:
+            reply = await self.redis.xreadgroup(
+                keys.GROUP, worker_id, {stream: "0" if pending else ">"},
+                count=1, block=None if pending else block_ms,
+            )  # fmt: skip
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group(fpga_id)
+            return []
+        return [(eid, f["job_id"]) for _, entries in reply or [] for eid, f in entries if f]
+
+    async def adopt_pending(self, fpga_id: int, worker_id: str) -> int:
+        """Move entries read by earlier holders of this board (now gone) to ``worker_id``."""
+        stream, start, moved = keys.queue(fpga_id), "0-0", 0
+        while True:
+            try:
+                reply = await self.redis.xautoclaim(stream, keys.GROUP, worker_id, 0, start)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group(fpga_id)
+                return moved
+            start, claimed = reply[0], reply[1]
+            moved += len(claimed)
+            if start == "0-0":
+                return moved
+
+    async def take(self, fpga_id: int, job_id: str, worker_id: str, entry_id: str) -> dict[str, str] | None:
+        """Mark the job running for this worker; None if it must be skipped."""
+        reply = await self.scripts.call(
+            "take", fpga_id, job_id, worker_id, entry_id, self.settings.job_retention
+        )
+        if "skip" in reply:
+            return None
+        flat = reply["job"]
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    async def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        event: str = "",
+        error: str = "",
+        result: str = "",
+        health: str = "",
+        health_reason: str = "",
+    ) -> dict[str, Any]:
+        return await self.scripts.call(  # type: ignore[no-any-return]
+            "finish", job_id, worker_id, status, event, error, result, health, health_reason,
+            self.settings.job_retention,
+        )  # fmt: skip
+
+    async def append_logs(self, job_id: str, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(keys.log(job_id), {"l": line}, maxlen=self.settings.max_log_lines, approximate=True)
+        await pipe.execute()

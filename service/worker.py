@@ -1,0 +1,332 @@
+"""The worker: takes each board's jobs in order and runs them on a backend.
+
+One asyncio task per board reads that board's queue (a Redis Stream, consumer
+group ``workers``), so a board runs one job at a time and boards run in
+parallel; backend calls block, so they run in a thread pool sized for the boards.
+Beside them: a heartbeat (this worker is alive, and holds its boards' leases) and
+housekeeping (expired sessions are reset; jobs of dead workers are failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from backends import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Design,
+    DesignError,
+    Op,
+    Transaction,
+)
+from service.states import Event, Health, JobStatus, JobType
+from service.store import Store, new_id
+
+log = logging.getLogger("fpgalab.worker")
+
+T = TypeVar("T")
+
+#: Longest log line kept; a design printing megabytes per line is cut here.
+MAX_LINE = 4096
+#: How often buffered log lines are written to the job's log stream (seconds).
+LOG_FLUSH = 0.1
+#: How long one queue read blocks; bounds how fast a stop is noticed.
+BLOCK_MS = 1000
+
+
+class BoardTaken(RuntimeError):
+    """Another live worker already holds one of the boards asked for."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: JobStatus
+    event: Event | None = None
+    error: str = ""
+    result: str = ""
+    health: Health | None = None
+    health_reason: str = ""
+
+
+class JobLog:
+    """A log callback that backend threads may call; lines reach Redis in batches."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, text: str) -> None:
+        lines = [line[:MAX_LINE] for line in str(text).splitlines()] or [""]
+        with self._lock:
+            self._lines.extend(lines)
+
+    async def _flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        await self._store.append_logs(self._job_id, lines)
+
+    async def _pump(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH)
+            with contextlib.suppress(RedisError):
+                await self._flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._pump())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush()
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        boards: Sequence[int],
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.boards = sorted(set(boards))
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
+        self.settings = store.settings
+        self._pool = ThreadPoolExecutor(len(self.boards) + 2, thread_name_prefix="backend")
+        self._stopping = asyncio.Event()
+        self._last_health: dict[int, float] = {}
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the boards until ``stop()``; raises BoardTaken if one is held elsewhere."""
+        await self._heartbeat_once()
+        taken = {b: h for b in self.boards if (h := await self.store.claim_board(b, self.id)) != self.id}
+        if taken:
+            await self.store.drop_worker(self.id, self.boards)
+            held = ", ".join(f"{b} by {h}" for b, h in taken.items())
+            raise BoardTaken(f"boards already held by live workers: {held}")
+        log.info("worker %s serving boards %s with backend %s", self.id, self.boards, self.backend.name)
+        await self._fail_lost_jobs()
+        tasks = [asyncio.create_task(self._board_loop(b), name=f"board-{b}") for b in self.boards]
+        tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        tasks.append(asyncio.create_task(self._housekeeping_loop(), name="housekeeping"))
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.drop_worker(self.id, self.boards)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            log.info("worker %s stopped", self.id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # -- liveness ---------------------------------------------------------------------
+
+    async def _heartbeat_once(self) -> None:
+        info = {"boards": self.boards, "backend": self.backend.name, "host": socket.gethostname()}
+        await self.store.heartbeat(self.id, info)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.worker_heartbeat_ttl / 3
+        while True:
+            try:
+                await self._heartbeat_once()
+                for b in self.boards:
+                    holder = await self.store.claim_board(b, self.id)
+                    if holder != self.id:
+                        log.error("board %d is now held by %s", b, holder)
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            try:
+                await self._expire_sessions()
+                await self._fail_lost_jobs()
+            except RedisError as exc:
+                log.warning("housekeeping failed: %s", exc)
+            await asyncio.sleep(self.settings.housekeeping_interval)
+
+    async def _expire_sessions(self) -> None:
+        for board, session_id in await self.store.expired_sessions(self.boards):
+            reply = await self.store.expire(board, session_id)
+            if reply.get("action") == "reset":
+                log.info("board %d: session expired, reset job %s queued", board, reply["job_id"])
+
+    async def _fail_lost_jobs(self) -> None:
+        running = await self.store.running_jobs()
+        owners = sorted({w for _, w in running if w})
+        alive = await self.store.alive_workers(owners)
+        for job_id, owner in running:
+            if owner in alive:
+                continue
+            message = f"worker {owner} was lost while running this job"
+            reply = await self.store.mark_lost(job_id, owner or "", message)
+            if reply.get("lost"):
+                log.warning("job %s on board %s failed: %s", job_id, reply["fpga_id"], message)
+
+    # -- boards -----------------------------------------------------------------------
+
+    async def _board_loop(self, board: int) -> None:
+        check_pending = True
+        while True:
+            try:
+                if check_pending:
+                    await self.store.ensure_group(board)
+                    await self.store.adopt_pending(board, self.id)
+                    entries = await self.store.next_entries(board, self.id, 0, pending=True)
+                    check_pending = bool(entries)
+                else:
+                    entries = await self.store.next_entries(board, self.id, BLOCK_MS)
+                for entry_id, job_id in entries:
+                    await self._handle(board, entry_id, job_id)
+                if not entries:
+                    await self._maybe_check_health(board)
+            except RedisError as exc:
+                log.warning("board %d: redis error, retrying: %s", board, exc)
+                check_pending = True
+                await asyncio.sleep(0.5)
+
+    async def _maybe_check_health(self, board: int) -> None:
+        last = self._last_health.get(board)
+        if last is not None and time.monotonic() - last < self.settings.health_interval:
+            return
+        record, _ = await self.store.board(board)
+        if record.get("state", "idle") != "idle":
+            return  # a user's design is on it; it is checked after the next reset
+        self._last_health[board] = time.monotonic()
+        health, reason = await self._check_health(board)
+        await self.store.set_health(board, "check", health, reason)
+
+    async def _check_health(self, board: int) -> tuple[Health, str]:
+        try:
+            report = await self._in_thread(self.backend.health, board)
+        except Exception as exc:
+            return Health.BAD, f"health check raised {type(exc).__name__}: {exc}"
+        if report.ok:
+            return Health.GOOD, ""
+        return Health.BAD, f"health check failed: {report.detail}"
+
+    async def _handle(self, board: int, entry_id: str, job_id: str) -> None:
+        job = await self.store.take(board, job_id, self.id, entry_id)
+        if job is None:
+            return
+        joblog = JobLog(self.store, job_id)
+        joblog.start()
+        try:
+            outcome = await self._execute(board, job, joblog)
+        except Exception as exc:  # a bug of ours: fail the job, keep the worker
+            log.exception("job %s crashed the worker's handler", job_id)
+            joblog(traceback.format_exc())
+            outcome = Outcome(
+                JobStatus.FAILED, _FAIL_EVENT[JobType(job["type"])],
+                f"internal error: {type(exc).__name__}: {exc}", health=Health.UNKNOWN,
+                health_reason="the worker hit an internal error",
+            )  # fmt: skip
+        finally:
+            await joblog.close()
+        reply = await self.store.finish(
+            job_id, self.id, outcome.status, outcome.event or "", outcome.error, outcome.result,
+            outcome.health or "", outcome.health_reason,
+        )  # fmt: skip
+        if reply.get("stale"):
+            log.warning("job %s finished after it was declared lost; outcome dropped", job_id)
+        if outcome.health:  # the job just checked the board
+            self._last_health[board] = time.monotonic()
+
+    async def _execute(self, board: int, job: dict[str, str], joblog: JobLog) -> Outcome:
+        kind = JobType(job["type"])
+        try:
+            if kind is JobType.BUILD_AND_PROGRAM:
+                return await self._build_and_program(board, job, joblog)
+            if kind is JobType.RUN:
+                return await self._run(board, job)
+            return await self._reset(board, joblog)
+        except BackendError as exc:
+            joblog(f"error: {exc}")
+            return _failure(kind, exc)
+
+    async def _build_and_program(self, board: int, job: dict[str, str], joblog: JobLog) -> Outcome:
+        source = await self.store.design(job["job_id"])
+        if source is None:
+            return Outcome(JobStatus.FAILED, Event.BUILD_FAIL, "the uploaded design has expired")
+        design = Design(job.get("filename", "design"), source.encode())
+        joblog(f"fpgalab: building {design.filename} ({len(design.source)} bytes, sha256 {design.sha256[:12]})")
+        started = time.monotonic()
+        build = await self._in_thread(self.backend.build, design, joblog)
+        joblog(f"fpgalab: build {'cache hit' if build.cached else 'done'} in {time.monotonic() - started:.2f} s")
+        joblog(f"fpgalab: programming board {board}")
+        await self._in_thread(self.backend.program, board, build, joblog)
+        joblog(f"fpgalab: board {board} programmed; reserved for this session")
+        return Outcome(JobStatus.COMPLETE, Event.BUILD_OK)
+
+    async def _run(self, board: int, job: dict[str, str]) -> Outcome:
+        request = json.loads(job["request"])
+        txn = Transaction(
+            op=Op(request["op"]),
+            address=request["address"],
+            data=tuple(request.get("data", ())),
+            length=request.get("length", 1),
+        )
+        result = await self._in_thread(self.backend.transact, board, txn)
+        body = json.dumps({"ok": result.ok, "data": result.data, "error": result.error})
+        if result.ok:
+            return Outcome(JobStatus.COMPLETE, result=body)
+        return Outcome(JobStatus.FAILED, error=result.error or "bus error", result=body)
+
+    async def _reset(self, board: int, joblog: JobLog) -> Outcome:
+        joblog(f"fpgalab: resetting board {board} to the base SoC")
+        await self._in_thread(self.backend.reset, board, joblog)
+        health, reason = await self._check_health(board)
+        joblog(f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}")
+        return Outcome(JobStatus.COMPLETE, Event.RESET_OK, health=health, health_reason=reason)
+
+
+_FAIL_EVENT = {
+    JobType.BUILD_AND_PROGRAM: Event.BUILD_FAIL,
+    JobType.RUN: Event.FAULT,
+    JobType.RESET: Event.RESET_FAIL,
+}
+
+
+def _failure(kind: JobType, exc: BackendError) -> Outcome:
+    """How a backend error ends the job, and what it says about the board."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, DesignError):
+        # the user's fault: the board is fine, but holds no usable design
+        event = Event.BUILD_FAIL if kind is JobType.BUILD_AND_PROGRAM else None
+        return Outcome(JobStatus.FAILED, event, message)
+    health = Health.BAD if isinstance(exc, BackendUnavailable) else Health.UNKNOWN
+    if kind is JobType.RESET:
+        health = Health.BAD
+    return Outcome(JobStatus.FAILED, _FAIL_EVENT[kind], message, health=health, health_reason=message)

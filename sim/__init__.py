@@ -1,0 +1,1 @@
+"""Simulated silicon: Verilator builds and cocotb board processes (the sim backend)."""

@@ -1,0 +1,122 @@
+"""Fixtures: a real redis-server per test process, the app over HTTP (ASGI),
+and in-process workers driving the ``FakeBackend`` test double."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.app import create_app
+from service.settings import Settings
+from service.states import BOARD_IDS
+from service.store import Store
+from service.worker import Worker
+from tests.fakes import FakeBackend
+from tests.helpers import RedisServer, wait_for
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis.Redis.from_url(redis_server.url) as r:
+        r.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        api_keys="",
+        worker_heartbeat_ttl=1.5,
+        housekeeping_interval=0.1,
+        health_interval=3600,
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = Store.from_url(settings.redis_url or "", settings)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    fake = FakeBackend()
+    yield fake
+    fake.close()
+
+
+WorkerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_worker(
+    settings: Settings, backend: FakeBackend
+) -> AsyncIterator[WorkerFactory]:
+    """Start in-process workers; each stops (and closes its Redis client) at teardown."""
+    started: list[tuple[Worker, asyncio.Task[None], Store]] = []
+
+    async def start(
+        boards: Any = BOARD_IDS, fake: FakeBackend | None = None, wait_healthy: bool = True,
+        worker_settings: Settings | None = None,
+    ) -> Worker:  # fmt: skip
+        s = worker_settings or settings
+        store = Store.from_url(s.redis_url or "", s)
+        worker = Worker(store, fake or backend, list(boards))
+        task = asyncio.create_task(worker.run())
+        started.append((worker, task, store))
+        if wait_healthy:
+            async def healthy() -> bool:
+                if task.done():
+                    task.result()  # raise what stopped it
+                rows = await store.boards(worker.boards)
+                return all(b.get("health") for _, b, _ in rows)
+
+            await wait_for(healthy)
+        return worker
+
+    yield start
+    for worker, task, store in started:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        await store.close()
+
+
+@pytest.fixture
+def app_settings(settings: Settings) -> Settings:
+    """Settings for the API under test; override to configure keys."""
+    return settings
+
+
+@pytest.fixture
+async def client(app_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(app_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
+            yield c
+
+
+@pytest.fixture
+async def lab(client: httpx.AsyncClient, start_worker: WorkerFactory) -> httpx.AsyncClient:
+    """The API with a worker serving all ten boards, all of them healthy."""
+    await start_worker()
+    return client

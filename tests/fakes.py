@@ -1,0 +1,117 @@
+"""Test doubles. ``FakeBackend`` stands in for a lab backend in service tests
+only; the product's backends live in ``backends/``.
+
+Its behaviour is steered by markers in the design text, so that it works the
+same in a worker in another process:
+
+- ``FAIL_BUILD``   build raises DesignError (the user's fault)
+- ``INFRA_FAIL``   build raises BackendUnavailable (the lab's fault)
+- ``PROGRAM_FAIL`` program raises BoardError
+- ``SLEEP=<s>``    build sleeps that many seconds first
+- ``GATE``         build waits until the test calls ``release_gate()``
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+from backends import (
+    BackendUnavailable,
+    BoardError,
+    Build,
+    Design,
+    DesignError,
+    HealthReport,
+    LogFn,
+    Op,
+    Transaction,
+    TransactResult,
+)
+
+#: Reads or writes at or above this byte address get a bus error.
+BUS_ERROR_BASE = 0xF000_0000
+
+
+class FakeBackend:
+    """A lab of memories: writes are kept per board, reads give them back."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.memory: dict[int, dict[int, int]] = {}
+        self.programmed: dict[int, str] = {}
+        self.crashed: set[int] = set()  # transact raises BoardError
+        self.unhealthy: set[int] = set()  # health reports not ok
+        self.fail_reset: set[int] = set()  # reset raises BoardError
+        self.calls: list[tuple[str, Any]] = []
+        self.gate = threading.Event()
+        self.gate_reached = threading.Event()
+        self._lock = threading.Lock()
+
+    def release_gate(self) -> None:
+        self.gate.set()
+
+    def build(self, design: Design, log: LogFn) -> Build:
+        text = design.source.decode()
+        self.calls.append(("build", design.filename))
+        log(f"fake: elaborating {design.filename}")
+        if m := re.search(r"SLEEP=([0-9.]+)", text):
+            time.sleep(float(m.group(1)))
+        if "GATE" in text:
+            self.gate_reached.set()
+            if not self.gate.wait(30):
+                raise BackendUnavailable("fake: the test never released the gate")
+        if "FAIL_BUILD" in text:
+            log("fake: design.py:3: SyntaxError: invalid syntax")
+            raise DesignError("design.py:3: SyntaxError: invalid syntax")
+        if "INFRA_FAIL" in text:
+            raise BackendUnavailable("fake: toolchain not found")
+        log("fake: verilating")
+        return Build(key=design.sha256, details={"program_fail": "PROGRAM_FAIL" in text})
+
+    def program(self, board: int, build: Build, log: LogFn) -> None:
+        self.calls.append(("program", board))
+        if build.details.get("program_fail"):
+            raise BoardError(f"fake: board {board} did not come up after programming")
+        with self._lock:
+            self.programmed[board] = build.key
+            self.memory[board] = {}
+        log(f"fake: board {board} programmed")
+
+    def transact(self, board: int, txn: Transaction) -> TransactResult:
+        self.calls.append(("transact", board))
+        if board in self.crashed:
+            raise BoardError(f"fake: board {board} stopped answering")
+        words = len(txn.data) if txn.op is Op.WRITE else txn.length
+        if txn.address + 4 * words > BUS_ERROR_BASE:
+            return TransactResult(ok=False, error=f"bus error at {BUS_ERROR_BASE:#010x}")
+        mem = self.memory.setdefault(board, {})
+        if txn.op is Op.WRITE:
+            for i, word in enumerate(txn.data):
+                mem[txn.address + 4 * i] = word
+            return TransactResult(ok=True)
+        return TransactResult(ok=True, data=[mem.get(txn.address + 4 * i, 0) for i in range(words)])
+
+    def reset(self, board: int, log: LogFn) -> None:
+        self.calls.append(("reset", board))
+        if board in self.fail_reset:
+            raise BoardError(f"fake: board {board} did not take the base SoC")
+        self.crashed.discard(board)
+        with self._lock:
+            self.memory[board] = {}
+            self.programmed.pop(board, None)
+        log(f"fake: board {board} back to the base SoC")
+
+    def health(self, board: int) -> HealthReport:
+        if board in self.unhealthy:
+            return HealthReport(ok=False, detail=f"fake: board {board} does not answer")
+        return HealthReport(ok=True, detail="fake: identifier ok")
+
+    def memory_map(self, board: int) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        self.gate.set()

@@ -1,0 +1,155 @@
+"""Shared test helpers: a real redis-server, polling, and API shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINISHED = {"complete", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in its own folder."""
+
+    def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None) -> None:
+        self.folder = folder
+        self.appendonly = appendonly
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is not installed (make test installs it)"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             "--logfile", str(self.folder / "redis.log")],
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
+
+
+async def job(client: httpx.AsyncClient, fpga_id: int, job_id: str, **kw: Any) -> dict[str, Any]:
+    r = await client.get(f"/fpga/{fpga_id}/jobs/{job_id}", **kw)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def wait_job(
+    client: httpx.AsyncClient, fpga_id: int, job_id: str, timeout: float = 10.0, **kw: Any
+) -> dict[str, Any]:
+    """The job once it has finished."""
+
+    async def finished() -> dict[str, Any] | None:
+        record = await job(client, fpga_id, job_id, **kw)
+        return record if record["status"] in FINISHED else None
+
+    return await wait_for(finished, timeout)  # type: ignore[no-any-return]
+
+
+async def board(client: httpx.AsyncClient, fpga_id: int, **kw: Any) -> dict[str, Any]:
+    r = await client.get(f"/fpga/{fpga_id}", **kw)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def wait_state(
+    client: httpx.AsyncClient, fpga_id: int, state: str, timeout: float = 10.0, **kw: Any
+) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        b = await board(client, fpga_id, **kw)
+        return b if b["state"] == state else None
+
+    return await wait_for(reached, timeout)  # type: ignore[no-any-return]
+
+
+async def submit(
+    client: httpx.AsyncClient,
+    fpga_id: int,
+    text: str = "# a design\nDesign = None\n",
+    filename: str = "design.py",
+    **kw: Any,
+) -> httpx.Response:
+    return await client.post(
+        f"/fpga/{fpga_id}/submit", files={"file": (filename, text.encode())}, **kw
+    )
+
+
+async def reserve(client: httpx.AsyncClient, fpga_id: int, **kw: Any) -> dict[str, Any]:
+    """Submit a good design and wait until the board is reserved; the 202 body."""
+    r = await submit(client, fpga_id, **kw)
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    done = await wait_job(client, fpga_id, accepted["job_id"], **kw)
+    assert done["status"] == "complete", done
+    return accepted  # type: ignore[no-any-return]
+
+
+async def run_job(
+    client: httpx.AsyncClient, fpga_id: int, body: dict[str, Any], **kw: Any
+) -> dict[str, Any]:
+    """POST a run, wait for it, and return its result body."""
+    r = await client.post(f"/fpga/{fpga_id}/run", json=body, **kw)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    await wait_job(client, fpga_id, job_id, **kw)
+    res = await client.get(f"/fpga/{fpga_id}/jobs/{job_id}/result", **kw)
+    assert res.status_code == 200, res.text
+    return res.json()  # type: ignore[no-any-return]
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is the documented error shape with this status and code."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"detail"}, body
+    assert set(body["detail"]) == {"error", "message"}, body
+    assert body["detail"]["error"] == code, body
+    assert isinstance(body["detail"]["message"], str) and body["detail"]["message"]
+    return body["detail"]  # type: ignore[no-any-return]
