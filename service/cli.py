@@ -26,7 +26,9 @@ def parse_boards(text: str) -> list[int]:
         try:
             first, last = int(lo), int(hi) if sep else int(lo)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected ids like 0-9 or 0,2,5-7") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected ids like 0-9 or 0,2,5-7"
+            ) from None
         if not 0 <= first <= last < NUM_BOARDS:
             raise argparse.ArgumentTypeError(f"{part!r}: boards are 0-{NUM_BOARDS - 1}")
         boards.update(range(first, last + 1))
@@ -34,7 +36,9 @@ def parse_boards(text: str) -> list[int]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    overrides = {
+        k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
+    }
     return Settings(**overrides)
 
 

@@ -1,17 +1,17 @@
 """Every Redis key the lab uses, in one place.
 
-    fpgalab:board:{id}            hash   state, health, session, current job, worker
-    fpgalab:board:{id}:queue      stream job ids, consumer group ``workers``
-    fpgalab:board:{id}:queued     set    ids of this board's queued jobs
-    fpgalab:board:{id}:owner      string worker id holding the board (TTL = heartbeat)
-    fpgalab:job:{job_id}          hash   the job record (request, status, result)
-    fpgalab:job:{job_id}:log      stream log lines, field ``l``
-    fpgalab:job:{job_id}:design   string the uploaded design bytes
-    fpgalab:jobs:running          zset   job id -> start time, for lost-worker checks
-    fpgalab:sessions:expiry       zset   fpga id -> session expiry time
-    fpgalab:worker:{wid}          string alive marker (TTL = heartbeat)
-    fpgalab:idem:{caller}:{key}   string stored 202 answer of an idempotent request
-    fpgalab:events                pubsub board and job changes
+fpgalab:board:{id}            hash   state, health, session, current job, worker
+fpgalab:board:{id}:queue      stream job ids, consumer group ``workers``
+fpgalab:board:{id}:queued     set    ids of this board's queued jobs
+fpgalab:board:{id}:owner      string worker id holding the board (TTL = heartbeat)
+fpgalab:job:{job_id}          hash   the job record (request, status, result)
+fpgalab:job:{job_id}:log      stream log lines, field ``l``
+fpgalab:job:{job_id}:design   string the uploaded design bytes
+fpgalab:jobs:running          zset   job id -> start time, for lost-worker checks
+fpgalab:sessions:expiry       zset   fpga id -> session expiry time
+fpgalab:worker:{wid}          string alive marker (TTL = heartbeat)
+fpgalab:idem:{caller}:{key}   string stored 202 answer of an idempotent request
+fpgalab:events                pubsub board and job changes
 """
 
 from __future__ import annotations

@@ -141,6 +141,12 @@ class RunResult(BaseModel):
     error: str | None = None
 
 
+class MaintenanceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500, description="Shown as the health reason.")
+
+
 class RenewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -50,7 +50,9 @@ class PrivateRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RedisStartError(f"redis-server exited ({self.proc.returncode}); see {self.data_dir / 'redis.log'}")
+                logfile = self.data_dir / "redis.log"
+                code = self.proc.returncode
+                raise RedisStartError(f"redis-server exited ({code}); see {logfile}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")

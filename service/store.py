@@ -39,7 +39,8 @@ class Actor:
 
 class Store:
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
+        # Any: redis-py types replies as bytes | str; with decode_responses they are str
+        self.redis: Any = redis
         self.settings = settings
         self.scripts = Scripts(redis)
 
@@ -62,7 +63,9 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
-    async def boards(self, ids: Iterable[int] = BOARD_IDS) -> list[tuple[int, dict[str, str], str | None]]:
+    async def boards(
+        self, ids: Iterable[int] = BOARD_IDS
+    ) -> list[tuple[int, dict[str, str], str | None]]:
         """(id, board hash, live worker) for each board, in one round trip."""
         ids = list(ids)
         pipe = self.redis.pipeline(transaction=False)
@@ -77,17 +80,17 @@ class Store:
         return record, worker
 
     async def job(self, job_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.job(job_id))  # type: ignore[no-any-return]
+        return await self.redis.hgetall(keys.job(job_id))
 
     async def job_fields(self, job_id: str, *fields: str) -> list[str | None]:
-        return await self.redis.hmget(keys.job(job_id), list(fields))  # type: ignore[no-any-return]
+        return await self.redis.hmget(keys.job(job_id), list(fields))
 
     async def logs(self, job_id: str) -> list[str]:
         entries = await self.redis.xrange(keys.log(job_id))
         return [fields["l"] for _, fields in entries]
 
     async def design(self, job_id: str) -> str | None:
-        return await self.redis.get(keys.design(job_id))  # type: ignore[no-any-return]
+        return await self.redis.get(keys.design(job_id))
 
     # -- changes requested through the API -----------------------------------------
 
@@ -101,8 +104,10 @@ class Store:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         s = self.settings
-        idem, fingerprint = self._idempotency(actor, idempotency_key, "submit", fpga_id, design_sha256)
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        idem, fingerprint = self._idempotency(
+            actor, idempotency_key, "submit", fpga_id, design_sha256
+        )
+        return await self.scripts.call(
             "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
             s.session_max_lifetime, filename, design, design_sha256,
             idem, fingerprint, s.idempotency_ttl,
@@ -112,31 +117,31 @@ class Store:
         self, fpga_id: int, actor: Actor, request: str, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         idem, fingerprint = self._idempotency(actor, idempotency_key, "run", fpga_id, request)
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
             idem, fingerprint, self.settings.idempotency_ttl,
         )  # fmt: skip
 
     async def reset(self, fpga_id: int, actor: Actor, mode: str) -> dict[str, Any]:
         """``mode`` is ``reset`` or ``release``; see ``expire`` for expiry."""
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "reset", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, mode,
             self.settings.job_retention,
         )  # fmt: skip
 
     async def cancel(self, fpga_id: int, job_id: str, actor: Actor) -> dict[str, Any]:
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "cancel", fpga_id, job_id, actor.name, actor.admin, self.settings.job_retention
         )
 
     async def renew(self, fpga_id: int, actor: Actor, seconds: int) -> dict[str, Any]:
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "renew", fpga_id, actor.name, actor.admin, actor.session_header, seconds
         )
 
     async def set_health(self, fpga_id: int, mode: str, health: str, reason: str) -> str:
         reply = await self.scripts.call("health", fpga_id, mode, health, reason)
-        return reply["health"]  # type: ignore[no-any-return]
+        return reply["health"]
 
     def _idempotency(
         self, actor: Actor, key: str | None, route: str, fpga_id: int, body: str
@@ -149,7 +154,7 @@ class Store:
     # -- housekeeping (workers) ------------------------------------------------------
 
     async def expire(self, fpga_id: int, session_id: str) -> dict[str, Any]:
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "reset", fpga_id, new_id(), session_id, False, "", "expire",
             self.settings.job_retention,
         )  # fmt: skip
@@ -188,7 +193,7 @@ class Store:
         return {w for w, a in zip(worker_ids, alive, strict=True) if a}
 
     async def mark_lost(self, job_id: str, worker_id: str, message: str) -> dict[str, Any]:
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "lost", job_id, worker_id, message, self.settings.job_retention
         )
 
@@ -254,7 +259,9 @@ class Store:
             if start == "0-0":
                 return moved
 
-    async def take(self, fpga_id: int, job_id: str, worker_id: str, entry_id: str) -> dict[str, str] | None:
+    async def take(
+        self, fpga_id: int, job_id: str, worker_id: str, entry_id: str
+    ) -> dict[str, str] | None:
         """Mark the job running for this worker; None if it must be skipped."""
         reply = await self.scripts.call(
             "take", fpga_id, job_id, worker_id, entry_id, self.settings.job_retention
@@ -275,7 +282,7 @@ class Store:
         health: str = "",
         health_reason: str = "",
     ) -> dict[str, Any]:
-        return await self.scripts.call(  # type: ignore[no-any-return]
+        return await self.scripts.call(
             "finish", job_id, worker_id, status, event, error, result, health, health_reason,
             self.settings.job_retention,
         )  # fmt: skip
@@ -285,5 +292,7 @@ class Store:
             return
         pipe = self.redis.pipeline(transaction=False)
         for line in lines:
-            pipe.xadd(keys.log(job_id), {"l": line}, maxlen=self.settings.max_log_lines, approximate=True)
+            pipe.xadd(
+                keys.log(job_id), {"l": line}, maxlen=self.settings.max_log_lines, approximate=True
+            )
         await pipe.execute()

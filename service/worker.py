@@ -122,12 +122,16 @@ class Worker:
     async def run(self) -> None:
         """Serve the boards until ``stop()``; raises BoardTaken if one is held elsewhere."""
         await self._heartbeat_once()
-        taken = {b: h for b in self.boards if (h := await self.store.claim_board(b, self.id)) != self.id}
+        taken = {
+            b: h for b in self.boards if (h := await self.store.claim_board(b, self.id)) != self.id
+        }
         if taken:
             await self.store.drop_worker(self.id, self.boards)
             held = ", ".join(f"{b} by {h}" for b, h in taken.items())
             raise BoardTaken(f"boards already held by live workers: {held}")
-        log.info("worker %s serving boards %s with backend %s", self.id, self.boards, self.backend.name)
+        log.info(
+            "worker %s serving boards %s with backend %s", self.id, self.boards, self.backend.name
+        )
         await self._fail_lost_jobs()
         tasks = [asyncio.create_task(self._board_loop(b), name=f"board-{b}") for b in self.boards]
         tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
@@ -281,10 +285,12 @@ class Worker:
         if source is None:
             return Outcome(JobStatus.FAILED, Event.BUILD_FAIL, "the uploaded design has expired")
         design = Design(job.get("filename", "design"), source.encode())
-        joblog(f"fpgalab: building {design.filename} ({len(design.source)} bytes, sha256 {design.sha256[:12]})")
+        size, digest = len(design.source), design.sha256[:12]
+        joblog(f"fpgalab: building {design.filename} ({size} bytes, sha256 {digest})")
         started = time.monotonic()
         build = await self._in_thread(self.backend.build, design, joblog)
-        joblog(f"fpgalab: build {'cache hit' if build.cached else 'done'} in {time.monotonic() - started:.2f} s")
+        took = time.monotonic() - started
+        joblog(f"fpgalab: build {'cache hit' if build.cached else 'done'} in {took:.2f} s")
         joblog(f"fpgalab: programming board {board}")
         await self._in_thread(self.backend.program, board, build, joblog)
         joblog(f"fpgalab: board {board} programmed; reserved for this session")
@@ -308,7 +314,9 @@ class Worker:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
         await self._in_thread(self.backend.reset, board, joblog)
         health, reason = await self._check_health(board)
-        joblog(f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}")
+        joblog(
+            f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}"
+        )
         return Outcome(JobStatus.COMPLETE, Event.RESET_OK, health=health, health_reason=reason)
 
 
@@ -329,4 +337,6 @@ def _failure(kind: JobType, exc: BackendError) -> Outcome:
     health = Health.BAD if isinstance(exc, BackendUnavailable) else Health.UNKNOWN
     if kind is JobType.RESET:
         health = Health.BAD
-    return Outcome(JobStatus.FAILED, _FAIL_EVENT[kind], message, health=health, health_reason=message)
+    return Outcome(
+        JobStatus.FAILED, _FAIL_EVENT[kind], message, health=health, health_reason=message
+    )

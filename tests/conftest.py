@@ -67,9 +67,7 @@ WorkerFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_worker(
-    settings: Settings, backend: FakeBackend
-) -> AsyncIterator[WorkerFactory]:
+async def start_worker(settings: Settings, backend: FakeBackend) -> AsyncIterator[WorkerFactory]:
     """Start in-process workers; each stops (and closes its Redis client) at teardown."""
     started: list[tuple[Worker, asyncio.Task[None], Store]] = []
 
@@ -83,6 +81,7 @@ async def start_worker(
         task = asyncio.create_task(worker.run())
         started.append((worker, task, store))
         if wait_healthy:
+
             async def healthy() -> bool:
                 if task.done():
                     task.result()  # raise what stopped it

@@ -58,7 +58,9 @@ async def test_logs_hold_the_build_steps(lab: httpx.AsyncClient) -> None:
     assert "programmed" in text
 
 
-async def test_reset_returns_the_board_to_idle(lab: httpx.AsyncClient, backend: FakeBackend) -> None:
+async def test_reset_returns_the_board_to_idle(
+    lab: httpx.AsyncClient, backend: FakeBackend
+) -> None:
     """Reset closes the session at once and the board is idle when the job ends."""
     await reserve(lab, 6)
     r = await lab.post("/fpga/6/reset")

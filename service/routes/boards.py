@@ -8,10 +8,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, File, UploadFile
 
-from service.deps import ActorDep, AdminDep, CallerDep, FpgaId, IdempotencyKey, SettingsDep, StoreDep
+from service.deps import (
+    ActorDep,
+    AdminDep,
+    CallerDep,
+    FpgaId,
+    IdempotencyKey,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import DesignRejected, DesignTooLarge, ValidationFailed
 from service.handlers import responses
-from service.models import FPGASummary, JobAccepted, RunRequest, board_summary
+from service.models import (
+    FPGASummary,
+    JobAccepted,
+    MaintenanceRequest,
+    RunRequest,
+    board_summary,
+)
 
 router = APIRouter(prefix="/fpga", tags=["fpga"])
 
@@ -122,10 +136,10 @@ async def maintenance(
     fpga_id: FpgaId,
     store: StoreDep,
     admin: AdminDep,
-    reason: Annotated[str | None, Body(embed=True, max_length=500)] = None,
+    body: Annotated[MaintenanceRequest | None, Body()] = None,
 ) -> FPGASummary:
     """Take a board out of service (admin). A running session carries on."""
-    why = reason or f"put in maintenance by {admin.name}"
+    why = (body.reason if body else None) or f"put in maintenance by {admin.name}"
     await store.set_health(fpga_id, "maintenance", "maintenance", why)
     return await get_fpga(fpga_id, store, admin)
 

@@ -1,0 +1,47 @@
+# The two commands: `make run` starts the lab, `make test` runs the tests.
+# Both set up what they need on a fresh Debian machine first (apt packages,
+# the virtualenv at .venv, the project installed into it).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := redis-server
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k flow"`.
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typing bench system clean
+
+run: $(VENV)/.installed system
+	$(BIN)/fpgalab serve
+
+test: $(VENV)/.installed system
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/nox -s lint
+
+typing: $(VENV)/.installed
+	$(BIN)/nox -s typing
+
+bench: $(VENV)/.installed system
+	$(BIN)/nox -s bench
+
+# Debian packages, installed only when missing.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""Sessions: ``tests`` and ``lint`` and ``typing`` by default; ``bench`` on demand."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+LINT_PATHS = ["service", "backends", "sim", "hil", "tests", "benches", "noxfile.py"]
+
+
+def tests_impl(session: nox.Session, *pytest_args: str) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *pytest_args, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test tiers, in parallel."""
+    tests_impl(session, "-n", "2")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """API latency and throughput beside a bare FastAPI endpoint (needs redis-server)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benches/api.py", *session.posargs)
