@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     backend: str = "sim"
     #: Seconds a worker's heartbeat lives; a worker silent this long is dead.
     worker_heartbeat_ttl: float = Field(default=15.0, gt=0)
+    #: Seconds a stopping worker lets its running jobs finish before abandoning them.
+    worker_stop_grace: float = Field(default=30.0, ge=0)
     #: Seconds between health checks of an idle board.
     health_interval: float = Field(default=60.0, gt=0)
     #: Seconds between housekeeping passes (session expiry, lost jobs).

@@ -116,6 +116,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(len(self.boards) + 2, thread_name_prefix="backend")
         self._stopping = asyncio.Event()
         self._last_health: dict[int, float] = {}
+        self._busy: set[int] = set()  # boards with a job in hand
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -133,15 +134,22 @@ class Worker:
             "worker %s serving boards %s with backend %s", self.id, self.boards, self.backend.name
         )
         await self._fail_lost_jobs()
-        tasks = [asyncio.create_task(self._board_loop(b), name=f"board-{b}") for b in self.boards]
-        tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
-        tasks.append(asyncio.create_task(self._housekeeping_loop(), name="housekeeping"))
+        boards = [asyncio.create_task(self._board_loop(b), name=f"board-{b}") for b in self.boards]
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+        ]
         try:
             await self._stopping.wait()
+            # idle boards stop now; jobs in flight get a grace period to finish
+            for board, task in zip(self.boards, boards, strict=True):
+                if board not in self._busy:
+                    task.cancel()
+            await asyncio.wait(boards, timeout=self.settings.worker_stop_grace)
         finally:
-            for task in tasks:
+            for task in boards + tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*boards, *tasks, return_exceptions=True)
             with contextlib.suppress(RedisError, OSError):
                 await self.store.drop_worker(self.id, self.boards)
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -203,7 +211,7 @@ class Worker:
 
     async def _board_loop(self, board: int) -> None:
         check_pending = True
-        while True:
+        while not self._stopping.is_set():
             try:
                 if check_pending:
                     await self.store.ensure_group(board)
@@ -212,8 +220,14 @@ class Worker:
                     check_pending = bool(entries)
                 else:
                     entries = await self.store.next_entries(board, self.id, BLOCK_MS)
-                for entry_id, job_id in entries:
-                    await self._handle(board, entry_id, job_id)
+                self._busy.add(board)
+                try:
+                    for entry_id, job_id in entries:
+                        if self._stopping.is_set():
+                            break  # read but not taken: the next holder adopts it
+                        await self._handle(board, entry_id, job_id)
+                finally:
+                    self._busy.discard(board)
                 if not entries:
                     await self._maybe_check_health(board)
             except RedisError as exc:
