@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from service.procs import child_dies_with_parent
 from service.settings import Settings
@@ -80,11 +81,18 @@ def _uvicorn(settings: Settings) -> int:
 
     from service.app import create_app
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has stopped, which would kill
+            # `fpgalab serve` before it stops its worker and Redis: stop cleanly instead
+            self._captured_signals.clear()
+
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="info",
         access_log=False,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     return 0 if server.started else 1
 

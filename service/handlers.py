@@ -7,6 +7,7 @@ routes and Redis outages are translated here, at the boundary.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,7 +37,10 @@ def _describe(loc: tuple[Any, ...], msg: str) -> str:
     where = ".".join(str(p) for p in loc if p not in ("body",)) or "body"
     if where in ("path.fpga_id", "fpga_id"):
         return f"fpga_id: {msg} (boards are 0-9)"
-    return f"{where}: {msg.removeprefix('Value error, ')}"
+    msg = msg.removeprefix("Value error, ")
+    if where == "body" and re.match(r"[a-z_]+: ", msg):
+        return msg  # a check across fields that already names its field
+    return f"{where}: {msg}"
 
 
 async def lab_error_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -74,9 +78,16 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RedisError, redis_error_handler)
 
 
-def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+_ERROR_REF = "#/components/schemas/ErrorResponse"
+
+
+def responses(*codes: str, text_route: bool = False) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route that may fail with ``codes``, plus the errors
-    every route can return (401, 422, 503), grouped by status with the codes listed."""
+    every route can return (401, 422, 503), grouped by status with the codes listed.
+
+    ``text_route``: the route answers text/plain; FastAPI would document a ``model``
+    under that media type, but errors are JSON, so their content is given explicitly
+    (ErrorResponse is in the schema through every other route)."""
     by_status: dict[int, list[str]] = {
         401: ["invalid_api_key"],
         422: ["validation_error"],
@@ -85,7 +96,12 @@ def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
     for code in codes:
         status = next(cls.status for cls in ALL_ERRORS if code in cls.codes)
         by_status.setdefault(status, []).append(code)
+    error: dict[str, Any] = (
+        {"content": {"application/json": {"schema": {"$ref": _ERROR_REF}}}}
+        if text_route
+        else {"model": ErrorResponse}
+    )
     return {
-        status: {"model": ErrorResponse, "description": "Error codes: " + ", ".join(sorted(found))}
+        status: {**error, "description": "Error codes: " + ", ".join(sorted(found))}
         for status, found in sorted(by_status.items())
     }

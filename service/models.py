@@ -90,7 +90,7 @@ class RunRequest(BaseModel):
     @model_validator(mode="after")
     def _check_shape(self) -> RunRequest:
         if self.address % 4:
-            raise ValueError(f"address {self.address:#x} is not word-aligned (a multiple of 4)")
+            raise ValueError(f"address: {self.address:#x} is not word-aligned (a multiple of 4)")
         if self.op is Op.WRITE:
             if not self.data:
                 raise ValueError("data: a write (op 1) needs at least one word")

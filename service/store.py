@@ -241,7 +241,17 @@ class Store:
                 raise
             await self.ensure_group(fpga_id)
             return []
-        return [(eid, f["job_id"]) for _, entries in reply or [] for eid, f in entries if f]
+        found: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:
+                    found.append((entry_id, fields["job_id"]))
+                else:
+                    gone.append(entry_id)
+        if gone:  # pending entries whose message was deleted (a cancelled job)
+            await self.redis.xack(stream, keys.GROUP, *gone)
+        return found
 
     async def adopt_pending(self, fpga_id: int, worker_id: str) -> int:
         """Move entries read by earlier holders of this board (now gone) to ``worker_id``."""

@@ -34,7 +34,7 @@ from backends import (
     Op,
     Transaction,
 )
-from service.states import Event, Health, JobStatus, JobType
+from service.states import BOARD_IDS, Event, Health, JobStatus, JobType
 from service.store import Store, new_id
 
 log = logging.getLogger("fpgalab.worker")
@@ -117,6 +117,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._last_health: dict[int, float] = {}
         self._busy: set[int] = set()  # boards with a job in hand
+        self._lost: set[int] = set()  # boards another worker took over
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -174,8 +175,10 @@ class Worker:
                 await self._heartbeat_once()
                 for b in self.boards:
                     holder = await self.store.claim_board(b, self.id)
-                    if holder != self.id:
-                        log.error("board %d is now held by %s", b, holder)
+                    if holder != self.id and b not in self._lost:
+                        # our lease lapsed and another worker took the board: let it go
+                        log.error("board %d is now held by %s; no longer serving it", b, holder)
+                        self._lost.add(b)
             except RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(interval)
@@ -190,7 +193,9 @@ class Worker:
             await asyncio.sleep(self.settings.housekeeping_interval)
 
     async def _expire_sessions(self) -> None:
-        for board, session_id in await self.store.expired_sessions(self.boards):
+        # every board, not only ours: a session ends on time even while no worker
+        # holds its board (the reset then waits in the queue for one)
+        for board, session_id in await self.store.expired_sessions(BOARD_IDS):
             reply = await self.store.expire(board, session_id)
             if reply.get("action") == "reset":
                 log.info("board %d: session expired, reset job %s queued", board, reply["job_id"])
@@ -199,6 +204,7 @@ class Worker:
         running = await self.store.running_jobs()
         owners = sorted({w for _, w in running if w})
         alive = await self.store.alive_workers(owners)
+        alive.add(self.id)  # alive by definition, even if Redis lost our heartbeat key
         for job_id, owner in running:
             if owner in alive:
                 continue
@@ -211,7 +217,7 @@ class Worker:
 
     async def _board_loop(self, board: int) -> None:
         check_pending = True
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and board not in self._lost:
             try:
                 if check_pending:
                     await self.store.ensure_group(board)

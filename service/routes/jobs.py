@@ -43,7 +43,7 @@ async def get_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, _: CallerDep)
     response_class=PlainTextResponse,
     responses={
         200: {"content": {"text/plain": {}}, "description": "The job's log so far."},
-        **responses("job_not_found", "not_session_owner"),
+        **responses("job_not_found", "not_session_owner", text_route=True),
     },
 )
 async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep) -> str:
