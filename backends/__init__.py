@@ -7,6 +7,7 @@ cocotb or pyserial itself.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from backends.base import (
@@ -39,6 +40,7 @@ __all__ = [
     "TransactResult",
     "Transaction",
     "UnknownBackend",
+    "check_backend",
     "get_backend",
 ]
 
@@ -53,13 +55,29 @@ class UnknownBackend(ValueError):
     pass
 
 
-def get_backend(name: str, **options: Any) -> Backend:
-    """Make the backend ``name`` (a registered name, or ``package.module:Class``)."""
-    target = REGISTRY.get(name, name)
-    module_name, sep, class_name = target.partition(":")
-    if not sep:
+def _target(name: str) -> tuple[str, str]:
+    module_name, sep, class_name = REGISTRY.get(name, name).partition(":")
+    if not sep or not module_name or not class_name:
         valid = ", ".join(sorted(REGISTRY))
         raise UnknownBackend(f"unknown backend {name!r}: choose one of {valid} (or module:Class)")
+    return module_name, class_name
+
+
+def check_backend(name: str) -> None:
+    """Fail fast on a backend name that cannot work, without importing it."""
+    module_name, _ = _target(name)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ImportError:
+        found = None
+    if found is None:
+        raise UnknownBackend(f"backend {name!r} is not available here: no module {module_name}")
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """Make the backend ``name`` (a registered name, or ``package.module:Class``)."""
+    module_name, class_name = _target(name)
+    target = f"{module_name}:{class_name}"
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -102,9 +102,15 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backends import UnknownBackend, check_backend
     from service.redisproc import PrivateRedis, RedisStartError
 
     settings = _settings(args)
+    try:
+        check_backend(settings.backend)  # before anything is started
+    except UnknownBackend as exc:
+        log.error("%s", exc)
+        return 2
     redis: PrivateRedis | None = None
     if settings.redis_url is None:
         redis = PrivateRedis(settings.data_dir / "redis")

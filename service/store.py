@@ -28,6 +28,10 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class LeaseLost(RuntimeError):
+    """A worker tried to take a job on a board whose lease another worker now holds."""
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who acts, as the scripts need it: name, admin role, and the X-Session-ID sent."""
@@ -274,8 +278,11 @@ class Store:
     ) -> dict[str, str] | None:
         """Mark the job running for this worker; None if it must be skipped."""
         reply = await self.scripts.call(
-            "take", fpga_id, job_id, worker_id, entry_id, self.settings.job_retention
-        )
+            "take", fpga_id, job_id, worker_id, entry_id, self.settings.job_retention,
+            int(self.settings.worker_heartbeat_ttl * 1000),
+        )  # fmt: skip
+        if reply.get("skip") == "lease lost":
+            raise LeaseLost(f"board {fpga_id} is no longer held by {worker_id}")
         if "skip" in reply:
             return None
         flat = reply["job"]

@@ -35,7 +35,7 @@ from backends import (
     Transaction,
 )
 from service.states import BOARD_IDS, Event, Health, JobStatus, JobType
-from service.store import Store, new_id
+from service.store import LeaseLost, Store, new_id
 
 log = logging.getLogger("fpgalab.worker")
 
@@ -216,9 +216,12 @@ class Worker:
     # -- boards -----------------------------------------------------------------------
 
     async def _board_loop(self, board: int) -> None:
-        check_pending = True
+        check_pending, adopted_at = True, 0.0
         while not self._stopping.is_set() and board not in self._lost:
             try:
+                if time.monotonic() - adopted_at > self.settings.worker_heartbeat_ttl:
+                    # now and then: entries read by a worker that lost this board
+                    check_pending, adopted_at = True, time.monotonic()
                 if check_pending:
                     await self.store.ensure_group(board)
                     await self.store.adopt_pending(board, self.id)
@@ -236,6 +239,9 @@ class Worker:
                     self._busy.discard(board)
                 if not entries:
                     await self._maybe_check_health(board)
+            except LeaseLost as exc:
+                log.error("%s; no longer serving it", exc)
+                self._lost.add(board)
             except RedisError as exc:
                 log.warning("board %d: redis error, retrying: %s", board, exc)
                 check_pending = True

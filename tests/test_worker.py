@@ -523,3 +523,31 @@ async def test_logs_stream_while_the_job_runs(lab: httpx.AsyncClient, backend: F
     final = await logs(lab, 5, job_id)
     assert final.startswith(early)
     assert final.index("fake: elaborating") < final.index("fake: verilating")
+
+
+
+async def test_a_worker_that_lost_its_lease_leaves_the_job_for_the_new_holder(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    """A take by a worker whose board lease another worker now holds is refused and
+    leaves the job queued and its entry pending; a merely lapsed lease is renewed."""
+    from service.store import LeaseLost
+
+    await store.set_health(4, "check", "good", "")
+    r = await client.post("/fpga/4/submit", files={"file": ("d.py", b"Design = None\n")})
+    job_id = r.json()["job_id"]
+    await store.ensure_group(4)
+    [(entry, read_id)] = await store.next_entries(4, "stale-worker", 100)
+    assert read_id == job_id
+    await store.redis.set(keys.owner(4), "new-holder", px=60_000)
+    with pytest.raises(LeaseLost):
+        await store.take(4, job_id, "stale-worker", entry)
+    assert (await job(client, 4, job_id))["status"] == "queued"
+    # the entry is still pending, so the new holder adopts it
+    assert await store.adopt_pending(4, "new-holder") == 1
+    [(adopted, _)] = await store.next_entries(4, "new-holder", 0, pending=True)
+    assert adopted == entry
+    # with the lease lapsed and nobody else holding it, a take renews it and runs
+    await store.redis.delete(keys.owner(4))
+    assert await store.take(4, job_id, "new-holder", entry) is not None
+    assert await store.redis.get(keys.owner(4)) == "new-holder"

@@ -1,8 +1,19 @@
 -- A worker takes a job it read from the board's queue: queued -> running.
--- Returns the job record, or {skip = reason} after dropping the entry.
--- ARGV: fpga_id job_id worker_id entry_id retention
+-- Returns the job record, or {skip = reason} (the entry dropped unless the lease is lost).
+-- ARGV: fpga_id job_id worker_id entry_id retention lease_ms
 local id, job_id, wid, entry, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local lease_ms = ARGV[6]
 local k = job_key(job_id)
+local lease = P .. ':board:' .. id .. ':owner'
+local holder = redis.call('GET', lease)
+if holder == false then
+  -- the lease lapsed while nobody else wanted the board (Redis was away): renew it
+  redis.call('SET', lease, wid, 'PX', lease_ms)
+elseif holder ~= wid then
+  -- another worker took the board over (this one was frozen, say): leave the entry
+  -- pending for the new holder, which adopts it
+  return ok({skip = 'lease lost'})
+end
 local status = hget(k, 'status')
 if status ~= 'queued' then
   drop_entry(id, entry)
