@@ -37,7 +37,11 @@ class KeyRing:
     def __init__(self, entries: list[tuple[str, str, bool]]) -> None:
         self._by_digest: dict[bytes, Caller] = {}
         for name, key, admin in entries:
-            self._by_digest[_digest(key)] = Caller(name, admin)
+            digest = _digest(key)
+            if digest in self._by_digest:  # one key must name one caller
+                other = self._by_digest[digest].name
+                raise KeyFileError(f"the keys of {other!r} and {name!r} are the same")
+            self._by_digest[digest] = Caller(name, admin)
 
     @property
     def open(self) -> bool:

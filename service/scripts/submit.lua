@@ -34,6 +34,7 @@ redis.call('SET', design_key(job_id), design)
 local response = new_job(job_id, id, 'build_and_program', owner, sid, t,
   {filename = filename, design_size = #design, design_sha256 = sha})
 response.session_id = sid
-response.expires_at = expires
+-- as stored: a JSON number keeps only 14 digits, 0.1 ms off the session's expires_at
+response.expires_at = hget(b, 'session_expires_at')
 idem_store(idem_key, fingerprint, idem_ttl, response)
 return ok(response)

@@ -1,0 +1,313 @@
+"""Board health, kept apart from state: checks, maintenance, and what infrastructure
+failures (and only they) do to it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from backends import Transaction, TransactResult
+from service.states import BOARD_IDS
+from service.worker import Worker
+from tests.conftest import WorkerFactory
+from tests.fakes import FakeBackend
+from tests.helpers import (
+    assert_error,
+    board,
+    job,
+    reserve,
+    run_job,
+    submit,
+    wait_for,
+    wait_job,
+)
+
+
+class HeldRuns(FakeBackend):
+    """The FakeBackend, whose ``transact`` on boards in ``held`` waits for ``resume_runs()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[int] = set()
+        self.run_waiting = threading.Event()
+        self._resume = threading.Event()
+
+    def resume_runs(self) -> None:
+        self._resume.set()
+
+    def transact(self, board: int, txn: Transaction) -> TransactResult:
+        if board in self.held:
+            self.run_waiting.set()
+            self._resume.wait(30)
+        return super().transact(board, txn)
+
+    def close(self) -> None:
+        self._resume.set()
+        super().close()
+
+
+@pytest.fixture
+def backend() -> Iterator[HeldRuns]:
+    fake = HeldRuns()
+    yield fake
+    fake.close()
+
+
+async def is_set(event: threading.Event) -> bool:
+    return event.is_set()
+
+
+async def refused(c: httpx.AsyncClient, fpga_id: int, *words: str) -> str:
+    """A submit is 409 fpga_unavailable with a message holding ``words``; the message."""
+    detail = assert_error(await submit(c, fpga_id), 409, "fpga_unavailable")
+    for word in words:
+        assert word in detail["message"], detail
+    assert (await board(c, fpga_id))["state"] == "idle"
+    return str(detail["message"])
+
+
+async def reset_to_idle(c: httpx.AsyncClient, fpga_id: int) -> dict[str, Any]:
+    """Reset the board, wait for the reset job; the board afterwards."""
+    r = await c.post(f"/fpga/{fpga_id}/reset")
+    assert r.status_code == 202, r.text
+    done = await wait_job(c, fpga_id, r.json()["job_id"])
+    assert done["status"] == "complete", done
+    return await board(c, fpga_id)
+
+
+async def test_boards_start_unknown_and_refuse_submits(client: httpx.AsyncClient) -> None:
+    """With no worker yet every board is idle with health unknown, and a submit is 409
+    fpga_unavailable naming that health."""
+    boards = (await client.get("/fpga")).json()
+    assert [(b["state"], b["health"]) for b in boards] == [("idle", "unknown")] * len(BOARD_IDS)
+    await refused(client, 0, "FPGA 0", "health is unknown")
+
+
+async def test_the_workers_start_up_check_makes_boards_good(
+    client: httpx.AsyncClient, start_worker: WorkerFactory
+) -> None:
+    """A worker checks its boards at start: they become good and take submits."""
+    await start_worker(boards=[1, 2])
+    healths = {b["fpga_id"]: b["health"] for b in (await client.get("/fpga")).json()}
+    assert healths[1] == healths[2] == "good"
+    assert healths[3] == "unknown"  # not this worker's board: not checked
+    assert (await board(client, 1))["health_reason"] is None
+    assert (await submit(client, 1)).status_code == 202
+    await refused(client, 3, "unknown")
+
+
+async def test_a_board_failing_its_health_check_is_bad(
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: HeldRuns
+) -> None:
+    """A board whose health check fails is bad, says why, and refuses submits; the others
+    are good."""
+    backend.unhealthy.add(4)
+    await start_worker()
+    b = await board(client, 4)
+    assert b["health"] == "bad" and "does not answer" in b["health_reason"]
+    await refused(client, 4, "health is bad", "does not answer")
+    assert (await board(client, 5))["health"] == "good"
+    assert (await submit(client, 5)).status_code == 202
+
+
+async def test_maintenance_takes_a_board_out_and_online_brings_it_back(
+    lab: httpx.AsyncClient,
+) -> None:
+    """Maintenance (with a reason) refuses submits, the reason in the message; online makes the
+    board good again."""
+    r = await lab.post("/fpga/2/maintenance", json={"reason": "replacing the JTAG cable"})
+    assert r.status_code == 200
+    summary = r.json()
+    assert summary["fpga_id"] == 2 and summary["health"] == "maintenance"
+    assert summary["health_reason"] == "replacing the JTAG cable"
+    await refused(lab, 2, "maintenance", "replacing the JTAG cable")
+    r = await lab.post("/fpga/2/online")
+    assert r.status_code == 200 and r.json()["health"] == "good"
+    assert (await reserve(lab, 2))["session_id"]
+
+
+async def test_maintenance_without_a_reason_names_who(lab: httpx.AsyncClient) -> None:
+    """Maintenance without a body gives a reason naming the admin; online of a board not in
+    maintenance leaves its health alone."""
+    r = await lab.post("/fpga/3/maintenance")
+    assert r.status_code == 200 and "anonymous" in r.json()["health_reason"]
+    await refused(lab, 3, "maintenance", "anonymous")
+    await lab.post("/fpga/3/online")
+    await lab.post("/fpga/4/online")
+    assert (await board(lab, 4))["health"] == "good"
+
+
+async def test_a_running_session_carries_on_through_maintenance(lab: httpx.AsyncClient) -> None:
+    """A board put in maintenance mid-session keeps serving its owner's runs; after the reset
+    it stays in maintenance (the reset's check does not end it) until online."""
+    await reserve(lab, 5)
+    await run_job(lab, 5, {"op": 1, "address": 0, "data": [11]})
+    r = await lab.post("/fpga/5/maintenance", json={"reason": "firmware update"})
+    assert r.json()["state"] == "reserved" and r.json()["session"] is not None
+    assert (await run_job(lab, 5, {"op": 2, "address": 0}))["data"] == [11]
+    assert (await lab.post("/fpga/5/session/renew")).status_code == 200
+    after = await reset_to_idle(lab, 5)
+    assert after["state"] == "idle" and after["health"] == "maintenance"
+    assert after["health_reason"] == "firmware update"
+    await refused(lab, 5, "firmware update")
+    assert (await lab.post("/fpga/5/online")).json()["health"] == "good"
+    assert (await submit(lab, 5)).status_code == 202
+
+
+async def test_a_worker_check_never_ends_maintenance(
+    client: httpx.AsyncClient,
+    start_worker: WorkerFactory,
+    backend: HeldRuns,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's health check (good or bad) of a board in maintenance leaves it in maintenance."""
+    await client.post("/fpga/6/maintenance", json={"reason": "bench test"})
+    await client.post("/fpga/7/maintenance", json={"reason": "bench test"})
+    backend.unhealthy.add(7)
+    worker: Worker = await start_worker(boards=[6, 7], wait_healthy=False)  # not running yet
+    checks: list[tuple[int, str, str, str]] = []
+    set_health = worker.store.set_health
+
+    async def recorded(fpga_id: int, mode: str, health: str, reason: str) -> str:
+        kept = await set_health(fpga_id, mode, health, reason)
+        checks.append((fpga_id, mode, health, kept))
+        return kept
+
+    monkeypatch.setattr(worker.store, "set_health", recorded)
+
+    async def both_checked() -> bool:
+        return {c[0] for c in checks} == {6, 7}
+
+    await wait_for(both_checked)
+    assert sorted(checks) == [
+        (6, "check", "good", "maintenance"),
+        (7, "check", "bad", "maintenance"),
+    ]
+    for fpga_id in (6, 7):
+        b = await board(client, fpga_id)
+        assert (b["health"], b["health_reason"]) == ("maintenance", "bench test")
+        await refused(client, fpga_id, "maintenance")
+
+
+async def test_an_infrastructure_build_failure_makes_the_board_bad(lab: httpx.AsyncClient) -> None:
+    """A build failing for the lab's own reason puts the board in error with health bad;
+    a reset whose check passes makes it good again."""
+    r = await submit(lab, 1, "INFRA_FAIL\n")
+    done = await wait_job(lab, 1, r.json()["job_id"])
+    assert done["status"] == "failed" and "toolchain not found" in done["error"]
+    b = await board(lab, 1)
+    assert (b["state"], b["health"]) == ("error", "bad")
+    assert "toolchain not found" in b["health_reason"]
+    after = await reset_to_idle(lab, 1)
+    assert (after["state"], after["health"]) == ("idle", "good")
+    assert after["health_reason"] is None
+
+
+async def test_a_programming_failure_makes_the_health_unknown(lab: httpx.AsyncClient) -> None:
+    """A board that does not come up after programming is in error with health unknown; a reset
+    recovers it."""
+    r = await submit(lab, 2, "PROGRAM_FAIL\n")
+    done = await wait_job(lab, 2, r.json()["job_id"])
+    assert done["status"] == "failed" and "did not come up" in done["error"]
+    b = await board(lab, 2)
+    assert (b["state"], b["health"]) == ("error", "unknown")
+    assert "did not come up" in b["health_reason"]
+    after = await reset_to_idle(lab, 2)
+    assert (after["state"], after["health"]) == ("idle", "good")
+
+
+async def test_a_crashed_board_fails_the_run_and_the_runs_behind_it(
+    lab: httpx.AsyncClient, backend: HeldRuns
+) -> None:
+    """A run on a board that stopped answering fails, the board goes to error with health
+    unknown, runs queued behind it fail naming the state, and a reset recovers the board."""
+    await reserve(lab, 3)
+    backend.crashed.add(3)
+    backend.held.add(3)
+    r = await lab.post("/fpga/3/run", json={"op": 2, "address": 0})
+    first = r.json()["job_id"]
+    await wait_for(lambda: is_set(backend.run_waiting))
+    behind = []
+    for address in (4, 8):
+        r = await lab.post("/fpga/3/run", json={"op": 2, "address": address})
+        assert r.status_code == 202
+        behind.append(r.json()["job_id"])
+    backend.resume_runs()
+
+    done = await wait_job(lab, 3, first)
+    assert done["status"] == "failed" and "stopped answering" in done["error"]
+    for job_id in behind:
+        j = await wait_job(lab, 3, job_id)
+        assert j["status"] == "failed", j
+        assert "FPGA 3 is error" in j["error"]
+    b = await board(lab, 3)
+    assert (b["state"], b["health"]) == ("error", "unknown")
+    assert "stopped answering" in b["health_reason"]
+    assert b["session"] is not None  # the owner still holds it, to read logs and reset
+    assert_error(
+        await lab.post("/fpga/3/run", json={"op": 2, "address": 0}), 409, "fpga_not_reserved"
+    )
+    assert [c for c in backend.calls if c[0] == "transact"] == [("transact", 3)]
+
+    after = await reset_to_idle(lab, 3)
+    assert (after["state"], after["health"]) == ("idle", "good")
+    assert (await reserve(lab, 3))["session_id"]
+
+
+async def test_a_failing_reset_makes_the_board_bad(
+    lab: httpx.AsyncClient, backend: HeldRuns
+) -> None:
+    """A reset that fails leaves the board in error with health bad; a reset that works (and
+    passes its check) makes it idle and good."""
+    await reserve(lab, 4)
+    backend.fail_reset.add(4)
+    r = await lab.post("/fpga/4/reset")
+    done = await wait_job(lab, 4, r.json()["job_id"])
+    assert done["status"] == "failed" and "base SoC" in done["error"]
+    b = await board(lab, 4)
+    assert (b["state"], b["health"]) == ("error", "bad")
+    assert "base SoC" in b["health_reason"]
+    assert_error(await submit(lab, 4), 409, "fpga_not_idle")
+    backend.fail_reset.discard(4)
+    after = await reset_to_idle(lab, 4)
+    assert (after["state"], after["health"]) == ("idle", "good")
+
+
+async def test_a_reset_whose_check_fails_leaves_the_board_bad(
+    lab: httpx.AsyncClient, backend: HeldRuns
+) -> None:
+    """A reset that completes but whose health check fails leaves the board idle and bad, and it
+    refuses submits."""
+    await reserve(lab, 5)
+    backend.unhealthy.add(5)
+    after = await reset_to_idle(lab, 5)
+    assert (after["state"], after["health"]) == ("idle", "bad")
+    await refused(lab, 5, "health is bad", "does not answer")
+
+
+async def test_a_failed_user_build_leaves_the_health_good(lab: httpx.AsyncClient) -> None:
+    """A design that does not build is the user's fault: the board is in error but stays good."""
+    r = await submit(lab, 6, "FAIL_BUILD\n")
+    done = await wait_job(lab, 6, r.json()["job_id"])
+    assert done["status"] == "failed" and "SyntaxError" in done["error"]
+    b = await board(lab, 6)
+    assert (b["state"], b["health"], b["health_reason"]) == ("error", "good", None)
+    after = await reset_to_idle(lab, 6)
+    assert (after["state"], after["health"]) == ("idle", "good")
+    assert (await job(lab, 6, done["job_id"]))["status"] == "failed"
+
+
+async def test_health_and_state_are_reported_apart(lab: httpx.AsyncClient) -> None:
+    """Every board summary carries both a state and a health, and maintenance changes only the
+    health."""
+    await reserve(lab, 7)
+    before = await board(lab, 7)
+    await lab.post("/fpga/7/maintenance")
+    after = await board(lab, 7)
+    assert (before["state"], before["health"]) == ("reserved", "good")
+    assert (after["state"], after["health"]) == ("reserved", "maintenance")
+    assert after["session"] == before["session"]
