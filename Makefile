@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server
+# g++ and make compile the Verilator models of the simulated boards
+APT_PACKAGES := redis-server g++ make perl
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k flow"`.
 PYTEST_ARGS ?=
 

@@ -1,0 +1,228 @@
+"""The ``sim`` backend: a lab of simulated boards, each a Verilator model of the lab's
+SoC driven by cocotb (``sim.board``), built through a content-addressed cache
+(``sim.build``).
+
+A board whose simulator is not running is off; ``health`` and ``reset`` power it on
+with the base SoC. Errors of ``sim`` are translated here, at the boundary, into the
+protocol's: the user's design → DesignError, a dead or silent simulator →
+BoardError, a missing toolchain → BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backends.base import (
+    BackendError,
+    BackendUnavailable,
+    BoardError,
+    Build,
+    Design,
+    DesignError,
+    HealthReport,
+    LogFn,
+    Op,
+    Transaction,
+    TransactResult,
+)
+from sim.board import BoardFailure, SimBoard, to_bytes
+from sim.build import DEFAULT_TIMEOUT, Builder, DesignBuildError, Model, ToolchainError
+from sim.protocol import Op as WireOp
+from sim.protocol import Status
+from sim.toolchain import ToolchainMissing, find
+
+#: Where ctrl's scratch register and the identifier live (see docs/memory-map.md).
+SCRATCH = 0x0000_0004
+IDENTIFIER = 0x0000_0800
+IDENT_PREFIX = "fpgalab"
+
+
+def default_data_dir() -> Path:
+    """``$FPGALAB_DATA_DIR/sim``, else ``$XDG_DATA_HOME/fpgalab/sim`` (~/.local/share)."""
+    if configured := os.environ.get("FPGALAB_DATA_DIR"):
+        return Path(configured) / "sim"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fpgalab" / "sim"
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Map ``sim``'s errors onto the backend protocol's (the one place that does)."""
+    try:
+        yield
+    except DesignBuildError as exc:
+        raise DesignError(str(exc)) from exc
+    except (ToolchainError, ToolchainMissing) as exc:
+        raise BackendUnavailable(str(exc)) from exc
+    except BoardFailure as exc:
+        raise BoardError(str(exc)) from exc
+
+
+class SimBackend:
+    """A lab of simulated boards; safe to call for different boards from different
+    threads (each board has its own lock, builds of one design share a file lock)."""
+
+    name = "sim"
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        build_timeout: float | None = None,
+        run_dir: Path | str | None = None,
+    ) -> None:
+        """``data_dir`` holds the build cache (shareable between processes);
+        ``run_dir`` the boards' working folders (default ``data_dir/boards``)."""
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.run_dir = Path(run_dir) if run_dir is not None else self.data_dir / "boards"
+        if build_timeout is None:
+            build_timeout = float(os.environ.get("FPGALAB_BUILD_TIMEOUT", DEFAULT_TIMEOUT))
+        self.builder = Builder(self.data_dir, timeout=build_timeout)
+        self._boards: dict[int, SimBoard] = {}
+        self._locks: dict[int, threading.RLock] = {}
+        self._guard = threading.Lock()
+        self._closed = False
+
+    # Boards -------------------------------------------------------------------------------------
+
+    def _board(self, board: int) -> tuple[SimBoard, threading.RLock]:
+        with self._guard:
+            if self._closed:
+                raise BackendUnavailable("the sim backend is closed")
+            if board not in self._boards:
+                try:
+                    tools = find()
+                except ToolchainMissing as exc:
+                    raise BackendUnavailable(f"simulation toolchain unavailable: {exc}") from exc
+                self._boards[board] = SimBoard(board, self.run_dir / str(board), tools)
+                self._locks[board] = threading.RLock()
+            return self._boards[board], self._locks[board]
+
+    def _start(self, sim: SimBoard, model: Model, log: LogFn | None = None) -> None:
+        if log:
+            log(f"sim: starting board {sim.index}'s simulator ({model.ident})")
+        sim.start(model)
+        ident = self._identifier(sim)
+        if not ident.startswith(IDENT_PREFIX):
+            sim.stop()
+            raise BoardFailure(f"board {sim.index}: came up with identifier {ident!r}")
+        if log:
+            log(f"sim: board {sim.index} up (pid {sim.pid}); identifier {ident!r}")
+
+    @staticmethod
+    def _identifier(sim: SimBoard) -> str:
+        reply = sim.request(WireOp.READ, IDENTIFIER, 64)
+        if reply.status is not Status.OK:
+            raise BoardFailure(f"board {sim.index}: identifier unreadable ({reply.status.name})")
+        chars = bytearray()
+        for word in reply.data:
+            if word & 0xFF == 0:
+                break
+            chars.append(word & 0xFF)
+        return chars.decode("ascii", "replace")
+
+    # The protocol -------------------------------------------------------------------------------
+
+    def build(self, design: Design, log: LogFn) -> Build:
+        with _translated():
+            model = self.builder.build(design.filename, design.source, log)
+        details = {"ident": model.ident, "language": model.language, "folder": str(model.folder)}
+        return Build(key=model.key, cached=model.cached, details=details)
+
+    def program(self, board: int, build: Build, log: LogFn) -> None:
+        sim, lock = self._board(board)
+        model = self.builder.lookup(build.key)
+        if model is None:
+            raise BackendUnavailable(f"build {build.key[:12]} is not in the build cache")
+        with lock, _translated():
+            self._start(sim, model, log)
+
+    def transact(self, board: int, txn: Transaction) -> TransactResult:
+        sim, lock = self._board(board)
+        if txn.op is Op.WRITE:
+            count, payload, op = len(txn.data), to_bytes(txn.data), WireOp.WRITE
+        else:
+            count, payload, op = txn.length, b"", WireOp.READ
+        if txn.address % 4 or txn.address < 0 or txn.address + 4 * count > 1 << 32:
+            return TransactResult(ok=False, error=f"bad address {txn.address:#x} for {count} words")
+        with lock, _translated():
+            if sim.model is None and not sim.alive():
+                raise BoardFailure(f"board {board}: no simulator is running (reset the board)")
+            reply = sim.request(op, txn.address, count, payload)
+        if reply.status is Status.OK:
+            return TransactResult(ok=True, data=reply.data)
+        return TransactResult(ok=False, data=reply.data, error=self._describe(reply, count))
+
+    def _describe(self, reply: Any, count: int) -> str:
+        where = f"{reply.failed_at:#010x} (word {reply.done} of {count})"
+        if reply.status is Status.TIMEOUT:
+            cycles = self.builder.soc.bus_timeout
+            return f"bus timeout at {where}: no slave answered within {cycles} cycles"
+        if reply.status is Status.BUS_ERROR:
+            return f"bus error at {where}"
+        return f"the board refused the request at {where}"
+
+    def reset(self, board: int, log: LogFn) -> None:
+        sim, lock = self._board(board)
+        with lock, _translated():
+            log(f"sim: stopping board {board}'s simulator")
+            sim.stop()
+            self._start(sim, self.builder.base(log), log)
+
+    def health(self, board: int) -> HealthReport:
+        sim, lock = self._board(board)
+        with lock:
+            try:
+                with _translated():
+                    if not sim.alive():
+                        # Off (never started, or crashed): power it on with the base SoC.
+                        self._start(sim, self.builder.base(lambda line: None))
+                    ident = self._identifier(sim)
+                    scratch = self._scratch_check(sim)
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:
+                return HealthReport(ok=False, detail=str(exc).splitlines()[0])
+        if not ident.startswith(IDENT_PREFIX):
+            return HealthReport(ok=False, detail=f"unexpected identifier {ident!r}")
+        if scratch:
+            return HealthReport(ok=False, detail=scratch)
+        return HealthReport(ok=True, detail=f"{ident}; scratch ok")
+
+    @staticmethod
+    def _scratch_check(sim: SimBoard) -> str:
+        """Write a pattern to ctrl's scratch, read it back, restore it; '' if all is well."""
+        before = sim.request(WireOp.READ, SCRATCH, 1)
+        if before.status is not Status.OK:
+            return f"scratch unreadable ({before.status.name})"
+        pattern = 0xA5A5_5A5A ^ before.data[0]
+        sim.request(WireOp.WRITE, SCRATCH, 1, to_bytes([pattern]))
+        after = sim.request(WireOp.READ, SCRATCH, 1)
+        sim.request(WireOp.WRITE, SCRATCH, 1, to_bytes(before.data))
+        if after.data != [pattern]:
+            return f"scratch read back {after.data} after writing {pattern:#x}"
+        return ""
+
+    def memory_map(self, board: int) -> dict[str, Any] | None:
+        sim, lock = self._board(board)
+        with lock:
+            model = sim.model
+        return model.csr() if model is not None else None
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            boards = list(self._boards.items())
+        for index, sim in boards:
+            with self._locks[index]:
+                sim.stop()
+
+    # Extras (benchmarks, tests) ------------------------------------------------------------------
+
+    def board(self, board: int) -> SimBoard:
+        """The board's simulator handle (for raw requests in benchmarks and tests)."""
+        return self._board(board)[0]

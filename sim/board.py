@@ -1,0 +1,228 @@
+"""One simulated board: a long-lived simulator process running a model with
+``sim.harness``, and the host's end of the socket it serves.
+
+The socket is one end of a ``socketpair`` the simulator inherits: no names, no
+ports, and each side sees the other go away (EOF) at once. Not thread-safe: the
+backend serialises calls per board.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sim.build import Model
+from sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
+from sim.toolchain import Toolchain
+
+#: Seconds a simulator may take from exec until it says hello.
+START_TIMEOUT = 30.0
+#: Seconds a request may take: this, plus per word (raw requests are the slow ones).
+REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT_PER_WORD = 1e-3
+
+
+#: cocotb's start-up lines, its results table, our test's docstring.
+_ROUTINE = re.compile(r"^\s*-?[\d.-]+ns INFO |\*\*|Serve the host|^\s*$")
+
+
+class BoardFailure(Exception):
+    """The simulator died or stopped answering; it has been stopped."""
+
+
+@dataclass
+class Reply:
+    status: Status
+    #: Words transferred before the end (all of them when ``status`` is OK).
+    done: int
+    #: Byte address of the access that failed (when ``status`` is not OK).
+    failed_at: int
+    data: list[int] = field(default_factory=list)
+
+
+def to_bytes(words: tuple[int, ...] | list[int]) -> bytes:
+    packed = array("I", words)
+    if packed.itemsize != 4:  # pragma: no cover - every Linux we run on has 4-byte "I"
+        raise RuntimeError("array('I') is not 32-bit here")
+    if sys.byteorder != "little":  # pragma: no cover
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def from_bytes(raw: bytes) -> list[int]:
+    words = array("I")
+    words.frombytes(raw)
+    if sys.byteorder != "little":  # pragma: no cover
+        words.byteswap()
+    return words.tolist()
+
+
+class SimBoard:
+    def __init__(self, index: int, run_dir: Path, tools: Toolchain) -> None:
+        self.index = index
+        self.run_dir = run_dir
+        self.tools = tools
+        self.model: Model | None = None
+        self.depth = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "simulator.log"
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, model: Model) -> None:
+        """Replace whatever runs with ``model``; returns once it serves requests."""
+        self.stop()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = self.tools.simulator_env(model.toplevel, self.run_dir / "results.xml")
+        env["FPGALAB_SIM_FD"] = str(theirs.fileno())
+        env["HOME"] = str(self.run_dir)
+        try:
+            with open(self.log_path, "wb") as out:
+                self._proc = subprocess.Popen(
+                    [str(model.executable)], cwd=self.run_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
+                    start_new_session=True,
+                )  # fmt: skip
+        except OSError as exc:
+            ours.close()
+            raise BoardFailure(f"board {self.index}: cannot start the simulator: {exc}") from exc
+        finally:
+            theirs.close()
+        self._sock = ours
+        self.model = model
+        ours.settimeout(START_TIMEOUT)
+        try:
+            hello = recv_exactly(ours, REPLY.size)
+        except OSError:
+            hello = None
+        if hello is None:
+            raise self._failed("while starting")
+        self.depth = REPLY.unpack(hello)[3]
+
+    def stop(self) -> None:
+        """Stop the simulator (politely first); forget the model."""
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        self.model = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(2.0)
+                sock.sendall(REQUEST.pack(Op.QUIT, 0, 0, 0, 0))
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)
+
+    def _failed(self, during: str, grace: float = 2.0) -> BoardFailure:
+        """Stop what is left of the simulator and describe how it ended (it may take
+        ``grace`` seconds to finish exiting after its socket closed)."""
+        proc, model = self._proc, self.model
+        if self._sock is not None:
+            self._sock.close()
+        self._proc = self._sock = None
+        self.model = None
+        if proc is None:
+            return BoardFailure(f"board {self.index}: no simulator is running")
+        try:
+            code: int | None = proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            self._kill(proc)
+            how = "stopped answering and was killed"
+        elif code < 0:
+            try:
+                how = f"crashed ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"crashed (signal {-code})"
+        else:
+            how = f"exited with status {code}"
+        tail = self.log_tail()
+        if model is not None:
+            tail = [line.replace(f"{model.folder}/src/", "") for line in tail]
+        detail = "\n".join(f"  {line}" for line in tail)
+        message = f"board {self.index}: the simulator {how} {during}"
+        return BoardFailure(message + (f"; its last output:\n{detail}" if detail else ""))
+
+    def log_tail(self, lines: int = 8) -> list[str]:
+        """The simulator's last words, without cocotb's routine chatter."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        kept = [line.strip() for line in text.splitlines() if not _ROUTINE.search(line)]
+        return [line for line in kept if line][-lines:]
+
+    def rss_bytes(self) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self._proc.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    # Requests -----------------------------------------------------------------------------------
+
+    def request(self, op: Op, address: int, count: int = 1, data: bytes = b"") -> Reply:
+        """Run one transfer; raises BoardFailure if the simulator dies or hangs."""
+        sock = self._sock
+        if sock is None or not self.alive():
+            raise self._failed("before the request")
+        timeout = REQUEST_TIMEOUT + count * REQUEST_TIMEOUT_PER_WORD
+        sock.settimeout(timeout)
+        started = time.monotonic()
+        try:
+            sock.sendall(REQUEST.pack(op, 0, 0, address, count) + (data if is_write(op) else b""))
+            header = recv_exactly(sock, REPLY.size)
+            if header is None:
+                raise self._failed("during the request")
+            status, _, _, done, failed_at = REPLY.unpack(header)
+            raw = b""
+            if not is_write(op) and done:
+                got = recv_exactly(sock, 4 * done)
+                if got is None:
+                    raise self._failed("during the request")
+                raw = got
+        except TimeoutError:
+            took = time.monotonic() - started
+            raise self._failed(f"(no answer in {took:.0f} s)", grace=0) from None
+        except OSError as exc:
+            raise self._failed(f"during the request ({exc})") from None
+        return Reply(Status(status), done, failed_at, from_bytes(raw))
