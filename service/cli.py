@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def backend_options(settings: Settings) -> dict[str, object]:
+    """What every backend is made with: a data folder of its own, the build limit."""
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.backend)
+    return {"data_dir": settings.data_dir / folder, "build_timeout": settings.build_timeout}
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from backends import UnknownBackend, get_backend
     from service.store import Store
@@ -50,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        backend = get_backend(settings.backend)
+        backend = get_backend(settings.backend, **backend_options(settings))
     except UnknownBackend as exc:
         log.error("%s", exc)
         return 2

@@ -1,4 +1,7 @@
-"""Route dependencies as named ``Annotated`` aliases."""
+"""Route dependencies as named ``Annotated`` aliases.
+
+They are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency
+in its thread pool, a thread hop per dependency per request (benches/api.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ from service.store import Actor, Store
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Names the caller.")
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> Caller:
+async def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> Caller:
     keyring: KeyRing = request.app.state.keyring
     caller = keyring.lookup(key)
     if caller is None:
@@ -35,7 +38,7 @@ def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) 
     return caller
 
 
-def get_actor(
+async def get_actor(
     caller: Annotated[Caller, Depends(get_caller)],
     session_id: Annotated[
         str | None,
@@ -45,7 +48,7 @@ def get_actor(
     return Actor(caller.name, caller.admin, session_id or "")
 
 
-def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.admin:
         raise Forbidden("admin_required", f"{caller.name} is not an admin of this lab.")
     return caller

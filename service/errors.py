@@ -8,6 +8,7 @@
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
     ├── NotFound                  404 job_not_found | no_active_session | not_found
+    │                                 | memory_map_unknown
     ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
     │                                 | fpga_unavailable | job_not_complete
     │                                 | job_not_cancellable | session_renew_limit
@@ -66,7 +67,7 @@ class Forbidden(LabError):
 
 class NotFound(LabError):
     status = 404
-    codes = frozenset({"job_not_found", "no_active_session", "not_found"})
+    codes = frozenset({"job_not_found", "no_active_session", "not_found", "memory_map_unknown"})
 
 
 class Conflict(LabError):

@@ -48,14 +48,34 @@ async def lab_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
 
 
+def _json_invalid(error: Any) -> str:
+    """A body that is not JSON at all names the body, not a bare character position."""
+    why = error.get("ctx", {}).get("error", "decode error")
+    return f"body: not valid JSON ({why} at position {error['loc'][-1]})"
+
+
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = [_describe(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+    parts = [
+        _json_invalid(e) if e.get("type") == "json_invalid"
+        else _describe(tuple(e.get("loc", ())), str(e.get("msg", "")))
+        for e in exc.errors()
+    ]  # fmt: skip
     return JSONResponse(error_body("validation_error", "; ".join(parts)), status_code=422)
 
 
 async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # only FastAPI/Starlette raise 400, for a body they cannot parse at all (not UTF-8,
+        # broken multipart): the same 422 as a body that parses but does not validate
+        cause = exc.__cause__
+        why = (
+            f"not valid UTF-8 (byte {cause.start})"
+            if isinstance(cause, UnicodeDecodeError)
+            else str(exc.detail)
+        )
+        return JSONResponse(error_body("validation_error", f"body: {why}"), status_code=422)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     return JSONResponse(
         error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers

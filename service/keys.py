@@ -4,6 +4,7 @@ fpgalab:board:{id}            hash   state, health, session, current job, worker
 fpgalab:board:{id}:queue      stream job ids, consumer group ``workers``
 fpgalab:board:{id}:queued     set    ids of this board's queued jobs
 fpgalab:board:{id}:owner      string worker id holding the board (TTL = heartbeat)
+fpgalab:board:{id}:memory-map string csr.json of the SoC on the board now
 fpgalab:job:{job_id}          hash   the job record (request, status, result)
 fpgalab:job:{job_id}:log      stream log lines, field ``l``
 fpgalab:job:{job_id}:design   string the uploaded design bytes
@@ -38,6 +39,10 @@ def queued(fpga_id: int) -> str:
 
 def owner(fpga_id: int) -> str:
     return f"{PREFIX}:board:{fpga_id}:owner"
+
+
+def memory_map(fpga_id: int) -> str:
+    return f"{PREFIX}:board:{fpga_id}:memory-map"
 
 
 def job(job_id: str) -> str:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
+    #: Wall-clock limit of one build (elaboration + compile), seconds.
+    build_timeout: float = Field(default=300.0, gt=0)
     #: Seconds a worker's heartbeat lives; a worker silent this long is dead.
     worker_heartbeat_ttl: float = Field(default=15.0, gt=0)
     #: Seconds a stopping worker lets its running jobs finish before abandoning them.

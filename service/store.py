@@ -93,6 +93,15 @@ class Store:
         entries = await self.redis.xrange(keys.log(job_id))
         return [fields["l"] for _, fields in entries]
 
+    async def memory_map(self, fpga_id: int) -> str | None:
+        return await self.redis.get(keys.memory_map(fpga_id))
+
+    async def set_memory_map(self, fpga_id: int, csr_json: str | None) -> None:
+        if csr_json is None:
+            await self.redis.delete(keys.memory_map(fpga_id))
+        else:
+            await self.redis.set(keys.memory_map(fpga_id), csr_json)
+
     async def design(self, job_id: str) -> str | None:
         return await self.redis.get(keys.design(job_id))
 

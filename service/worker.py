@@ -72,6 +72,7 @@ class JobLog:
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def __call__(self, text: str) -> None:
         lines = [line[:MAX_LINE] for line in str(text).splitlines()] or [""]
@@ -84,7 +85,9 @@ class JobLog:
         await self._store.append_logs(self._job_id, lines)
 
     async def _pump(self) -> None:
-        while True:
+        # a flag as well as cancel(): on Python 3.11, asyncio.wait_for (inside redis-py)
+        # can swallow a cancellation that lands as its command completes (CPython gh-86296)
+        while not self._closed:
             await asyncio.sleep(LOG_FLUSH)
             with contextlib.suppress(RedisError):
                 await self._flush()
@@ -93,6 +96,7 @@ class JobLog:
         self._task = asyncio.create_task(self._pump())
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,6 +152,7 @@ class Worker:
                     task.cancel()
             await asyncio.wait(boards, timeout=self.settings.worker_stop_grace)
         finally:
+            self._stopping.set()  # the loops check it: a cancel alone may be swallowed (JobLog)
             for task in boards + tasks:
                 task.cancel()
             await asyncio.gather(*boards, *tasks, return_exceptions=True)
@@ -170,7 +175,7 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.worker_heartbeat_ttl / 3
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._heartbeat_once()
                 for b in self.boards:
@@ -184,7 +189,7 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def _housekeeping_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._expire_sessions()
                 await self._fail_lost_jobs()
@@ -257,6 +262,17 @@ class Worker:
         self._last_health[board] = time.monotonic()
         health, reason = await self._check_health(board)
         await self.store.set_health(board, "check", health, reason)
+        if health is Health.GOOD:
+            await self._save_memory_map(board)
+
+    async def _save_memory_map(self, board: int) -> None:
+        """Publish the memory map of what is on the board now (served by the API)."""
+        try:
+            found = await self._in_thread(self.backend.memory_map, board)
+        except Exception as exc:  # a map we cannot read must not fail the job
+            log.warning("board %d: no memory map: %s", board, exc)
+            found = None
+        await self.store.set_memory_map(board, json.dumps(found) if found is not None else None)
 
     async def _check_health(self, board: int) -> tuple[Health, str]:
         try:
@@ -319,6 +335,7 @@ class Worker:
         joblog(f"fpgalab: build {'cache hit' if build.cached else 'done'} in {took:.2f} s")
         joblog(f"fpgalab: programming board {board}")
         await self._in_thread(self.backend.program, board, build, joblog)
+        await self._save_memory_map(board)
         joblog(f"fpgalab: board {board} programmed; reserved for this session")
         return Outcome(JobStatus.COMPLETE, Event.BUILD_OK)
 
@@ -339,6 +356,7 @@ class Worker:
     async def _reset(self, board: int, joblog: JobLog) -> Outcome:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
         await self._in_thread(self.backend.reset, board, joblog)
+        await self._save_memory_map(board)
         health, reason = await self._check_health(board)
         joblog(
             f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}"

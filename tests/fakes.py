@@ -40,7 +40,8 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # data_dir, build_timeout: what a worker makes backends with
         self.memory: dict[int, dict[int, int]] = {}
         self.programmed: dict[int, str] = {}
         self.crashed: set[int] = set()  # transact raises BoardError
@@ -111,7 +112,9 @@ class FakeBackend:
         return HealthReport(ok=True, detail="fake: identifier ok")
 
     def memory_map(self, board: int) -> dict[str, Any] | None:
-        return None
+        """A csr.json-like map naming what is loaded: the base SoC or a build's key."""
+        image = self.programmed.get(board, "base")
+        return {"memories": {"user": {"base": 0x2000_0000, "size": 0x100_0000}}, "image": image}
 
     def close(self) -> None:
         self.gate.set()

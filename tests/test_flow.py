@@ -95,3 +95,30 @@ async def test_failed_build_puts_the_board_in_error(lab: httpx.AsyncClient) -> N
     reset = await lab.post("/fpga/8/reset")
     await wait_job(lab, 8, reset.json()["job_id"])
     await wait_state(lab, 8, "idle")
+
+
+async def test_memory_map_follows_what_is_on_the_board(
+    lab: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """The memory map is the base SoC's when idle and the build's once reserved."""
+    base = await lab.get("/fpga/0/memory-map")
+    assert base.status_code == 200 and base.json()["image"] == "base"
+    assert "user" in base.json()["memories"]
+    accepted = await reserve(lab, 0)
+    mine = (await lab.get("/fpga/0/memory-map")).json()
+    assert mine["image"] == backend.programmed[0]
+    assert (
+        mine["image"]
+        == (await lab.get(f"/fpga/0/jobs/{accepted['job_id']}")).json()["design_sha256"]
+    )
+
+
+async def test_memory_map_is_unknown_while_programming(
+    lab: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """While a build runs, no memory map is served: 404 memory_map_unknown."""
+    await submit(lab, 1, "GATE\n")
+    await wait_state(lab, 1, "programming")
+    assert_error(await lab.get("/fpga/1/memory-map"), 404, "memory_map_unknown")
+    backend.release_gate()
+    await wait_state(lab, 1, "reserved")

@@ -53,8 +53,8 @@ class StallingBackend(FakeBackend):
     (at most 30 s): a run job that stays in flight, in-process or in a subprocess
     (``--backend tests.test_worker:StallingBackend``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.stall = threading.Event()
         self.stalled = threading.Event()
 

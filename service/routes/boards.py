@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, UploadFile
+from fastapi import APIRouter, Body, File, Response, UploadFile
 
 from service.deps import (
     ActorDep,
@@ -17,7 +17,7 @@ from service.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.errors import DesignRejected, DesignTooLarge, ValidationFailed
+from service.errors import DesignRejected, DesignTooLarge, Forbidden, NotFound, ValidationFailed
 from service.handlers import responses
 from service.models import (
     FPGASummary,
@@ -41,6 +41,29 @@ async def list_fpgas(store: StoreDep, _: CallerDep) -> list[FPGASummary]:
 async def get_fpga(fpga_id: FpgaId, store: StoreDep, _: CallerDep) -> FPGASummary:
     board, worker = await store.board(fpga_id)
     return board_summary(fpga_id, board, worker)
+
+
+@router.get(
+    "/{fpga_id}/memory-map",
+    response_model=dict[str, Any],
+    responses=responses("memory_map_unknown", "not_session_owner"),
+)
+async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Response:
+    """The LiteX ``csr.json`` of the SoC on the board now: the base SoC, or the
+    session's build (then only its owner or an admin may read it)."""
+    board, _ = await store.board(fpga_id)
+    owner = board.get("session_owner")
+    if owner is not None and owner != caller.name and not caller.admin:
+        raise Forbidden("not_session_owner", f"FPGA {fpga_id} holds another caller's design.")
+    found = await store.memory_map(fpga_id)
+    state = board.get("state", "idle")
+    if found is None or state not in ("idle", "reserved"):
+        raise NotFound(
+            "memory_map_unknown",
+            f"FPGA {fpga_id} is {state}; its memory map is known once a worker has checked "
+            "it (idle) or programmed it (reserved).",
+        )
+    return Response(found, media_type="application/json")
 
 
 @router.post(
