@@ -18,6 +18,9 @@ from redis.commands.core import AsyncScript
 from service.errors import lab_error
 from service.states import transitions_json
 
+#: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
+RAW_REPLIES = frozenset({"claim", "boards"})
+
 NAMES = (
     "submit",
     "run",
@@ -29,6 +32,7 @@ NAMES = (
     "renew",
     "health",
     "claim",
+    "boards",
 )
 
 
@@ -53,7 +57,7 @@ class Scripts:
     async def call(self, name: str, *args: Any, keys: tuple[str, ...] = ()) -> Any:
         """Run script ``name``; its ``{"err": code}`` reply raises that LabError."""
         raw = await self._scripts[name](keys=list(keys), args=[_arg(a) for a in args])
-        if name == "claim":
+        if name in RAW_REPLIES:
             return raw
         reply = json.loads(raw)
         if "err" in reply:

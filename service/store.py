@@ -72,12 +72,12 @@ class Store:
     ) -> list[tuple[int, dict[str, str], str | None]]:
         """(id, board hash, live worker) for each board, in one round trip."""
         ids = list(ids)
-        pipe = self.redis.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(keys.board(i))
-            pipe.get(keys.owner(i))
-        replies = await pipe.execute()
-        return [(i, replies[2 * n], replies[2 * n + 1]) for n, i in enumerate(ids)]
+        # one script call, not a 2n-command pipeline: redis-py's cost is per reply
+        replies = await self.scripts.call("boards", *ids)
+        return [
+            (i, dict(zip(flat[::2], flat[1::2], strict=True)), worker or None)
+            for i, (flat, worker) in zip(ids, replies, strict=True)
+        ]
 
     async def board(self, fpga_id: int) -> tuple[dict[str, str], str | None]:
         [(_, record, worker)] = await self.boards([fpga_id])

@@ -82,11 +82,11 @@ async def start_worker(settings: Settings, backend: FakeBackend) -> AsyncIterato
         started.append((worker, task, store))
         if wait_healthy:
 
-            async def healthy() -> bool:
+            async def healthy() -> bool:  # holds its boards, each checked
                 if task.done():
                     task.result()  # raise what stopped it
                 rows = await store.boards(worker.boards)
-                return all(b.get("health") for _, b, _ in rows)
+                return all(b.get("health") and w == worker.id for _, b, w in rows)
 
             await wait_for(healthy)
         return worker
