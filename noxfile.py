@@ -37,6 +37,8 @@ def typing(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """API latency and throughput beside a bare FastAPI endpoint (needs redis-server)."""
+    """API latency/throughput beside a bare FastAPI endpoint, then the simulated lab
+    (builds, reads, bulk words/s, memory) beside its raw baselines. Needs redis-server."""
     session.install("-e", ".[test]")
     session.run("python", "benches/api.py", *session.posargs)
+    session.run("python", "benches/sim_lab.py")
