@@ -9,6 +9,12 @@ same in a worker in another process:
 - ``PROGRAM_FAIL`` program raises BoardError
 - ``SLEEP=<s>``    build sleeps that many seconds first
 - ``GATE``         build waits until the test calls ``release_gate()``
+
+A test in the same process can also hold ``program``, ``transact`` or ``reset``
+calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
+only on those boards); a held call sets ``held`` and waits until the test sets
+``resume`` (at most ``HOLD_TIMEOUT`` seconds, then it raises BackendUnavailable).
+``close()`` opens the gate and resumes every held call.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from backends import (
 #: Reads or writes at or above this byte address get a bus error.
 BUS_ERROR_BASE = 0xF000_0000
 
+#: How long a held call or a build at the GATE waits for the test before giving up.
+HOLD_TIMEOUT = 30.0
+
 
 class FakeBackend:
     """A lab of memories: writes are kept per board, reads give them back."""
@@ -50,10 +59,24 @@ class FakeBackend:
         self.calls: list[tuple[str, Any]] = []
         self.gate = threading.Event()
         self.gate_reached = threading.Event()
+        self.hold: set[str] = set()  # op names: "program", "transact", "reset"
+        self.hold_boards: set[int] = set()  # hold only on these boards; empty: on every board
+        self.held = threading.Event()  # a held call is waiting
+        self.resume = threading.Event()  # lets every held call go on
         self._lock = threading.Lock()
 
     def release_gate(self) -> None:
         self.gate.set()
+
+    def pause(self, op: str) -> None:
+        """Wait until the test sets ``resume``, having set ``held`` to say so."""
+        self.held.set()
+        if not self.resume.wait(HOLD_TIMEOUT):
+            raise BackendUnavailable(f"fake: the test never resumed {op}")
+
+    def _hold(self, op: str, board: int) -> None:
+        if op in self.hold and (not self.hold_boards or board in self.hold_boards):
+            self.pause(op)
 
     def build(self, design: Design, log: LogFn) -> Build:
         text = design.source.decode()
@@ -63,7 +86,7 @@ class FakeBackend:
             time.sleep(float(m.group(1)))
         if "GATE" in text:
             self.gate_reached.set()
-            if not self.gate.wait(30):
+            if not self.gate.wait(HOLD_TIMEOUT):
                 raise BackendUnavailable("fake: the test never released the gate")
         if "FAIL_BUILD" in text:
             log("fake: design.py:3: SyntaxError: invalid syntax")
@@ -74,6 +97,7 @@ class FakeBackend:
         return Build(key=design.sha256, details={"program_fail": "PROGRAM_FAIL" in text})
 
     def program(self, board: int, build: Build, log: LogFn) -> None:
+        self._hold("program", board)
         self.calls.append(("program", board))
         if build.details.get("program_fail"):
             raise BoardError(f"fake: board {board} did not come up after programming")
@@ -83,6 +107,7 @@ class FakeBackend:
         log(f"fake: board {board} programmed")
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
+        self._hold("transact", board)
         self.calls.append(("transact", board))
         if board in self.crashed:
             raise BoardError(f"fake: board {board} stopped answering")
@@ -97,6 +122,7 @@ class FakeBackend:
         return TransactResult(ok=True, data=[mem.get(txn.address + 4 * i, 0) for i in range(words)])
 
     def reset(self, board: int, log: LogFn) -> None:
+        self._hold("reset", board)
         self.calls.append(("reset", board))
         if board in self.fail_reset:
             raise BoardError(f"fake: board {board} did not take the base SoC")
@@ -118,3 +144,4 @@ class FakeBackend:
 
     def close(self) -> None:
         self.gate.set()
+        self.resume.set()

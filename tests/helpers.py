@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from service.app import create_app
+from service.settings import Settings
+from service.store import Store
 
 FINISHED = {"complete", "failed", "cancelled"}
 
@@ -73,6 +79,37 @@ async def wait_for(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
+
+
+async def wait_set(event: threading.Event, timeout: float = 10.0) -> None:
+    """Wait until a backend thread has set ``event`` (e.g. ``FakeBackend.held``)."""
+
+    async def is_set() -> bool:
+        return event.is_set()
+
+    await wait_for(is_set, timeout)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An app built from ``settings``, started (lifespan) and reached over ASGI."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
+            yield c
+
+
+async def jobs_in_redis(store: Store, fpga_id: int | None = None) -> list[dict[str, str]]:
+    """Every job record in Redis (of one board if given), straight from Redis."""
+    records = []
+    async for key in store.redis.scan_iter(match="fpgalab:job:*", count=1000):
+        if key.count(":") != 2:
+            continue  # a job's log or design
+        record = await store.redis.hgetall(key)
+        if fpga_id is None or record.get("fpga_id") == str(fpga_id):
+            records.append(record)
+    return records
 
 
 async def job(client: httpx.AsyncClient, fpga_id: int, job_id: str, **kw: Any) -> dict[str, Any]:
@@ -142,6 +179,17 @@ async def run_job(
     res = await client.get(f"/fpga/{fpga_id}/jobs/{job_id}/result", **kw)
     assert res.status_code == 200, res.text
     return res.json()  # type: ignore[no-any-return]
+
+
+async def reset_to_idle(client: httpx.AsyncClient, fpga_id: int, **kw: Any) -> dict[str, Any]:
+    """Reset the board and wait for the reset job to complete; the board, idle by then."""
+    r = await client.post(f"/fpga/{fpga_id}/reset", **kw)
+    assert r.status_code == 202, r.text
+    done = await wait_job(client, fpga_id, r.json()["job_id"], **kw)
+    assert done["status"] == "complete", done
+    b = await board(client, fpga_id, **kw)
+    assert b["state"] == "idle", b
+    return b
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -3,9 +3,7 @@ open mode, and keys that never leak."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from tests.helpers import (
     job,
     reserve,
     run_job,
+    serve,
     submit,
     wait_job,
     wait_state,
@@ -63,16 +62,6 @@ def app_settings(settings: Settings, keys_file: Path) -> Settings:
             "api_keys_file": keys_file,
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def serve(s: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app built from ``s``, started (lifespan) and reached over ASGI."""
-    app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
-            yield c
 
 
 def fill(path: str) -> str:

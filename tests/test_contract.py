@@ -18,11 +18,12 @@ from tests.helpers import (
     assert_error,
     board,
     job,
+    jobs_in_redis,
     reserve,
     run_job,
     submit,
-    wait_for,
     wait_job,
+    wait_set,
     wait_state,
 )
 
@@ -57,14 +58,6 @@ def is_utc_timestamp(value: Any) -> bool:
 def names_field(message: str, field: str) -> bool:
     """The message mentions ``field`` as a word (``data.0`` names ``data``)."""
     return field in re.findall(r"[A-Za-z_]+", message)
-
-
-async def all_jobs(store: Store) -> list[dict[str, str]]:
-    records = []
-    async for key in store.redis.scan_iter(match="fpgalab:job:*", count=1000):
-        if key.count(":") == 2:
-            records.append(await store.redis.hgetall(key))
-    return records
 
 
 async def make_healthy(client: httpx.AsyncClient, fpga_id: int) -> None:
@@ -272,10 +265,7 @@ async def test_result_before_the_end_is_409(
     await start_worker([2])
     running = (await submit(client, 2, "GATE\n")).json()["job_id"]
 
-    async def gate() -> bool:
-        return backend.gate_reached.is_set()
-
-    await wait_for(gate)
+    await wait_set(backend.gate_reached)
     assert (await job(client, 2, running))["status"] == "running"
     assert_error(await client.get(f"/fpga/2/jobs/{running}/result"), 409, "job_not_complete")
     backend.release_gate()
@@ -324,7 +314,7 @@ async def test_run_request_validation(
     )
     err = assert_error(r, 422, "validation_error")
     assert re.match(rf"{field}\b", err["message"]), err  # the message starts with the field
-    assert [j["job_id"] for j in await all_jobs(store)] == [accepted["job_id"]]
+    assert [j["job_id"] for j in await jobs_in_redis(store)] == [accepted["job_id"]]
 
 
 async def test_largest_transfer_is_accepted(lab: httpx.AsyncClient) -> None:
@@ -370,7 +360,7 @@ async def test_upload_is_checked_before_queueing(
         assert names_field(err["message"], "file"), err
     b = await board(lab, 4)
     assert b["state"] == "idle" and b["session"] is None and b["current_job_id"] is None
-    assert await all_jobs(store) == []
+    assert await jobs_in_redis(store) == []
 
 
 async def test_oversized_upload_is_413(
@@ -380,7 +370,7 @@ async def test_oversized_upload_is_413(
     limit = settings.max_upload_bytes
     r = await submit(lab, 4, "#" * (limit + 1))
     assert_error(r, 413, "design_too_large")
-    assert (await board(lab, 4))["state"] == "idle" and await all_jobs(store) == []
+    assert (await board(lab, 4))["state"] == "idle" and await jobs_in_redis(store) == []
     ok = await submit(lab, 4, "#" * (limit - 1) + "\n")
     assert ok.status_code == 202, ok.text
 

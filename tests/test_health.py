@@ -3,14 +3,9 @@ failures (and only they) do to it."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from typing import Any
-
 import httpx
 import pytest
 
-from backends import Transaction, TransactResult
 from service.states import BOARD_IDS
 from service.worker import Worker
 from tests.conftest import WorkerFactory
@@ -20,45 +15,13 @@ from tests.helpers import (
     board,
     job,
     reserve,
+    reset_to_idle,
     run_job,
     submit,
     wait_for,
     wait_job,
+    wait_set,
 )
-
-
-class HeldRuns(FakeBackend):
-    """The FakeBackend, whose ``transact`` on boards in ``held`` waits for ``resume_runs()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: set[int] = set()
-        self.run_waiting = threading.Event()
-        self._resume = threading.Event()
-
-    def resume_runs(self) -> None:
-        self._resume.set()
-
-    def transact(self, board: int, txn: Transaction) -> TransactResult:
-        if board in self.held:
-            self.run_waiting.set()
-            self._resume.wait(30)
-        return super().transact(board, txn)
-
-    def close(self) -> None:
-        self._resume.set()
-        super().close()
-
-
-@pytest.fixture
-def backend() -> Iterator[HeldRuns]:
-    fake = HeldRuns()
-    yield fake
-    fake.close()
-
-
-async def is_set(event: threading.Event) -> bool:
-    return event.is_set()
 
 
 async def refused(c: httpx.AsyncClient, fpga_id: int, *words: str) -> str:
@@ -68,15 +31,6 @@ async def refused(c: httpx.AsyncClient, fpga_id: int, *words: str) -> str:
         assert word in detail["message"], detail
     assert (await board(c, fpga_id))["state"] == "idle"
     return str(detail["message"])
-
-
-async def reset_to_idle(c: httpx.AsyncClient, fpga_id: int) -> dict[str, Any]:
-    """Reset the board, wait for the reset job; the board afterwards."""
-    r = await c.post(f"/fpga/{fpga_id}/reset")
-    assert r.status_code == 202, r.text
-    done = await wait_job(c, fpga_id, r.json()["job_id"])
-    assert done["status"] == "complete", done
-    return await board(c, fpga_id)
 
 
 async def test_boards_start_unknown_and_refuse_submits(client: httpx.AsyncClient) -> None:
@@ -101,7 +55,7 @@ async def test_the_workers_start_up_check_makes_boards_good(
 
 
 async def test_a_board_failing_its_health_check_is_bad(
-    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: HeldRuns
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """A board whose health check fails is bad, says why, and refuses submits; the others
     are good."""
@@ -161,7 +115,7 @@ async def test_a_running_session_carries_on_through_maintenance(lab: httpx.Async
 async def test_a_worker_check_never_ends_maintenance(
     client: httpx.AsyncClient,
     start_worker: WorkerFactory,
-    backend: HeldRuns,
+    backend: FakeBackend,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A worker's health check (good or bad) of a board in maintenance leaves it in maintenance."""
@@ -221,22 +175,23 @@ async def test_a_programming_failure_makes_the_health_unknown(lab: httpx.AsyncCl
 
 
 async def test_a_crashed_board_fails_the_run_and_the_runs_behind_it(
-    lab: httpx.AsyncClient, backend: HeldRuns
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A run on a board that stopped answering fails, the board goes to error with health
     unknown, runs queued behind it fail naming the state, and a reset recovers the board."""
     await reserve(lab, 3)
     backend.crashed.add(3)
-    backend.held.add(3)
+    backend.hold.add("transact")
+    backend.hold_boards.add(3)
     r = await lab.post("/fpga/3/run", json={"op": 2, "address": 0})
     first = r.json()["job_id"]
-    await wait_for(lambda: is_set(backend.run_waiting))
+    await wait_set(backend.held)
     behind = []
     for address in (4, 8):
         r = await lab.post("/fpga/3/run", json={"op": 2, "address": address})
         assert r.status_code == 202
         behind.append(r.json()["job_id"])
-    backend.resume_runs()
+    backend.resume.set()
 
     done = await wait_job(lab, 3, first)
     assert done["status"] == "failed" and "stopped answering" in done["error"]
@@ -259,7 +214,7 @@ async def test_a_crashed_board_fails_the_run_and_the_runs_behind_it(
 
 
 async def test_a_failing_reset_makes_the_board_bad(
-    lab: httpx.AsyncClient, backend: HeldRuns
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A reset that fails leaves the board in error with health bad; a reset that works (and
     passes its check) makes it idle and good."""
@@ -278,7 +233,7 @@ async def test_a_failing_reset_makes_the_board_bad(
 
 
 async def test_a_reset_whose_check_fails_leaves_the_board_bad(
-    lab: httpx.AsyncClient, backend: HeldRuns
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A reset that completes but whose health check fails leaves the board idle and bad, and it
     refuses submits."""

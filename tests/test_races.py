@@ -17,27 +17,24 @@ import pytest
 
 from backends import Op, Transaction, TransactResult
 from service import keys
-from service.app import create_app
 from service.settings import Settings
 from service.store import Store
 from tests.conftest import WorkerFactory
 from tests.fakes import FakeBackend
-from tests.helpers import assert_error, board, job, reserve, submit, wait_job, wait_state
+from tests.helpers import (
+    assert_error,
+    board,
+    job,
+    jobs_in_redis,
+    reserve,
+    serve,
+    submit,
+    wait_job,
+    wait_state,
+)
 
 ALICE = {"X-API-Key": "alice-key"}
 BOB = {"X-API-Key": "bob-key"}
-
-
-async def jobs_in_redis(store: Store, fpga_id: int | None = None) -> list[dict[str, str]]:
-    """Every job record in Redis (of one board if given)."""
-    records = []
-    async for key in store.redis.scan_iter(match="fpgalab:job:*", count=1000):
-        if key.count(":") != 2:
-            continue  # a job's log or design
-        record = await store.redis.hgetall(key)
-        if fpga_id is None or record.get("fpga_id") == str(fpga_id):
-            records.append(record)
-    return records
 
 
 @pytest.fixture
@@ -45,12 +42,9 @@ async def keyed(
     settings: Settings, start_worker: WorkerFactory
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API with keys for alice and bob, and a worker serving every board."""
-    app = create_app(settings.model_copy(update={"api_keys": "alice=alice-key,bob=bob-key"}))
-    async with app.router.lifespan_context(app):
+    async with serve(settings.model_copy(update={"api_keys": "alice=alice-key,bob=bob-key"})) as c:
         await start_worker()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
-            yield c
+        yield c
 
 
 async def test_twenty_concurrent_submits_one_wins(lab: httpx.AsyncClient, store: Store) -> None:

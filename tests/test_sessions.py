@@ -4,16 +4,12 @@ renewal up to the hard maximum lifetime, release, and the runs a reset cancels."
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from backends import Transaction, TransactResult
-from service.app import create_app
 from service.settings import Settings
 from service.store import Store
 from tests.conftest import WorkerFactory
@@ -22,10 +18,13 @@ from tests.helpers import (
     assert_error,
     board,
     job,
+    jobs_in_redis,
     reserve,
+    serve,
     submit,
     wait_for,
     wait_job,
+    wait_set,
     wait_state,
 )
 
@@ -33,50 +32,10 @@ TTL = 60
 MAX_LIFETIME = 120
 
 
-class HeldRuns(FakeBackend):
-    """The FakeBackend, whose ``transact`` on boards in ``held`` waits for ``resume_runs()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: set[int] = set()
-        self.run_waiting = threading.Event()
-        self._resume = threading.Event()
-
-    def resume_runs(self) -> None:
-        self._resume.set()
-
-    def transact(self, board: int, txn: Transaction) -> TransactResult:
-        if board in self.held:
-            self.run_waiting.set()
-            self._resume.wait(30)
-        return super().transact(board, txn)
-
-    def close(self) -> None:
-        self._resume.set()
-        super().close()
-
-
-@pytest.fixture
-def backend() -> Iterator[HeldRuns]:
-    fake = HeldRuns()
-    yield fake
-    fake.close()
-
-
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """A one-minute session that may live two minutes: for the app and the workers."""
     return settings.model_copy(update={"session_ttl": TTL, "session_max_lifetime": MAX_LIFETIME})
-
-
-@contextlib.asynccontextmanager
-async def serve(s: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app built from ``s``, started (lifespan) and reached over ASGI."""
-    app = create_app(s)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
-            yield c
 
 
 @pytest.fixture
@@ -95,10 +54,6 @@ async def expiring(
         yield c
 
 
-async def is_set(event: threading.Event) -> bool:
-    return event.is_set()
-
-
 def when(value: str) -> datetime:
     """An API timestamp, which must be ISO 8601 with a UTC offset."""
     parsed = datetime.fromisoformat(value)
@@ -108,25 +63,19 @@ def when(value: str) -> datetime:
 
 async def reset_jobs(store: Store, fpga_id: int) -> list[dict[str, str]]:
     """The reset job records of a board, straight from Redis."""
-    found = []
-    async for key in store.redis.scan_iter(match="fpgalab:job:*", count=1000):
-        if key.count(":") != 2:
-            continue  # a job's log or design
-        record = await store.redis.hgetall(key)
-        if record.get("fpga_id") == str(fpga_id) and record.get("type") == "reset":
-            found.append(record)
-    return found
+    return [r for r in await jobs_in_redis(store, fpga_id) if r.get("type") == "reset"]
 
 
 async def held_run_and_queue(
-    c: httpx.AsyncClient, fake: HeldRuns, fpga_id: int, queued: int = 2
+    c: httpx.AsyncClient, fake: FakeBackend, fpga_id: int, queued: int = 2
 ) -> tuple[str, list[str]]:
     """One run held in the backend, and ``queued`` runs waiting behind it."""
-    fake.held.add(fpga_id)
+    fake.hold.add("transact")
+    fake.hold_boards.add(fpga_id)
     r = await c.post(f"/fpga/{fpga_id}/run", json={"op": 1, "address": 0, "data": [1]})
     assert r.status_code == 202, r.text
     running = r.json()["job_id"]
-    await wait_for(lambda: is_set(fake.run_waiting))
+    await wait_set(fake.held)
     waiting = []
     for i in range(queued):
         r = await c.post(f"/fpga/{fpga_id}/run", json={"op": 2, "address": 4 * i})
@@ -162,7 +111,7 @@ async def test_session_shape(lab: httpx.AsyncClient) -> None:
 
 
 async def test_an_expired_session_resets_the_board_on_its_own(
-    expiring: httpx.AsyncClient, store: Store, backend: HeldRuns
+    expiring: httpx.AsyncClient, store: Store, backend: FakeBackend
 ) -> None:
     """When a session expires, a reset is queued without any request and the board ends idle."""
     accepted = await reserve(expiring, 4)
@@ -182,7 +131,7 @@ async def test_an_expired_session_resets_the_board_on_its_own(
 
 
 async def test_expiry_during_the_build_waits_for_it_then_resets(
-    expiring: httpx.AsyncClient, store: Store, backend: HeldRuns, short: Settings
+    expiring: httpx.AsyncClient, store: Store, backend: FakeBackend, short: Settings
 ) -> None:
     """A session that expires while its build runs keeps the board until the build settles,
     then the board is reset."""
@@ -190,7 +139,7 @@ async def test_expiry_during_the_build_waits_for_it_then_resets(
     assert r.status_code == 202
     build_id = r.json()["job_id"]
     expires = when(r.json()["expires_at"])
-    await wait_for(lambda: is_set(backend.gate_reached))
+    await wait_set(backend.gate_reached)
 
     async def expired() -> bool:
         return datetime.now(UTC) > expires
@@ -298,7 +247,7 @@ async def test_release_ends_the_session_at_once(lab: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("how", ["reset", "session/release"])
 async def test_a_reset_cancels_the_queued_runs_and_says_why(
-    lab: httpx.AsyncClient, backend: HeldRuns, how: str
+    lab: httpx.AsyncClient, backend: FakeBackend, how: str
 ) -> None:
     """Runs still queued when the board is reset or released are cancelled with an error naming
     the reset; the run in progress finishes first."""
@@ -312,7 +261,7 @@ async def test_a_reset_cancels_the_queued_runs_and_says_why(
         assert "FPGA 1 was reset" in j["error"]
         assert j["finished_at"] is not None
     assert (await job(lab, 1, running))["status"] == "running"
-    backend.resume_runs()
+    backend.resume.set()
     assert (await wait_job(lab, 1, running))["status"] == "complete"
     assert (await wait_job(lab, 1, r.json()["job_id"]))["status"] == "complete"
     await wait_state(lab, 1, "idle")
@@ -320,7 +269,7 @@ async def test_a_reset_cancels_the_queued_runs_and_says_why(
 
 
 async def test_expiry_cancels_the_queued_runs_and_says_why(
-    short: Settings, start_worker: WorkerFactory, backend: HeldRuns, store: Store
+    short: Settings, start_worker: WorkerFactory, backend: FakeBackend, store: Store
 ) -> None:
     """Runs still queued when the session expires are cancelled with an error saying it
     expired, and the board is reset once the run in progress ends."""
@@ -339,7 +288,7 @@ async def test_expiry_cancels_the_queued_runs_and_says_why(
             assert j["status"] == "cancelled", j
             assert "session expired" in j["error"]
         assert_error(await c.get("/fpga/2/session"), 404, "no_active_session")
-        backend.resume_runs()
+        backend.resume.set()
         assert (await wait_job(c, 2, running))["status"] == "complete"
         await wait_state(c, 2, "idle")
         [reset] = await reset_jobs(store, 2)

@@ -8,15 +8,13 @@ import contextlib
 import itertools
 import json
 import re
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from backends import BackendUnavailable, LogFn, Transaction, TransactResult
 from service.scripts import source
 from service.settings import Settings
 from service.states import (
@@ -38,61 +36,18 @@ from tests.helpers import (
     submit,
     wait_for,
     wait_job,
+    wait_set,
     wait_state,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "state-machine.md"
 
 
-class HoldingBackend(FakeBackend):
-    """The FakeBackend, whose ``reset`` and ``transact`` can also be held at a gate."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold: set[str] = set()  # "reset", "transact"
-        self.held = threading.Event()  # a held call is waiting
-        self.resume = threading.Event()
-
-    def _wait(self, op: str) -> None:
-        if op in self.hold:
-            self.held.set()
-            if not self.resume.wait(30):
-                raise BackendUnavailable(f"fake: the test never resumed {op}")
-
-    def reset(self, board: int, log: LogFn) -> None:
-        self._wait("reset")
-        super().reset(board, log)
-
-    def transact(self, board: int, txn: Transaction) -> TransactResult:
-        self._wait("transact")
-        return super().transact(board, txn)
-
-    def close(self) -> None:
-        self.resume.set()
-        super().close()
-
-
-@pytest.fixture
-def backend() -> Iterator[HoldingBackend]:
-    fake = HoldingBackend()
-    yield fake
-    fake.close()
-
-
 @pytest.fixture(autouse=True)
-async def unblock_at_end(
-    backend: HoldingBackend, start_worker: WorkerFactory
-) -> AsyncIterator[None]:
+async def unblock_at_end(backend: FakeBackend, start_worker: WorkerFactory) -> AsyncIterator[None]:
     """Open every gate before the workers stop, so none waits out its stop grace."""
     yield
     backend.close()
-
-
-async def event_set(event: threading.Event) -> None:
-    async def is_set() -> bool:
-        return event.is_set()
-
-    await wait_for(is_set)
 
 
 async def no_workers(client: httpx.AsyncClient) -> bool:
@@ -117,7 +72,7 @@ async def gated_build(
     backend.gate_reached.clear()
     r = await submit(client, fpga_id, text)
     assert r.status_code == 202, r.text
-    await event_set(backend.gate_reached)
+    await wait_set(backend.gate_reached)
     return str(r.json()["job_id"])
 
 
@@ -223,7 +178,7 @@ def test_documented_states_equal_the_code() -> None:
 
 
 async def test_submit_goes_idle_queued_programming_reserved(
-    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """A submit queues the board; a worker takes it to programming, then reserved."""
     assert (await board(paused, 2))["state"] == "idle"
@@ -237,7 +192,7 @@ async def test_submit_goes_idle_queued_programming_reserved(
     assert (await job(paused, 2, job_id))["status"] == "queued"
 
     await start_worker([2])
-    await event_set(backend.gate_reached)
+    await wait_set(backend.gate_reached)
     b = await board(paused, 2)
     assert b["state"] == "programming" and b["current_job_id"] == job_id
     assert (await job(paused, 2, job_id))["status"] == "running"
@@ -265,7 +220,7 @@ async def test_cancelling_the_queued_build_goes_queued_to_idle(paused: httpx.Asy
 
 
 async def test_failed_build_goes_programming_to_error(
-    lab: httpx.AsyncClient, backend: HoldingBackend
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A design that fails to build takes the board from programming to error, health good."""
     job_id = await gated_build(lab, backend, 3, "GATE\nFAIL_BUILD\n")
@@ -291,7 +246,7 @@ async def test_infrastructure_build_failure_goes_to_error_and_marks_health(
 
 @pytest.mark.parametrize("how", ["reset", "release"])
 async def test_reset_goes_reserved_resetting_idle(
-    lab: httpx.AsyncClient, backend: HoldingBackend, how: str
+    lab: httpx.AsyncClient, backend: FakeBackend, how: str
 ) -> None:
     """Reset or release takes a reserved board through resetting back to idle."""
     await reserve(lab, 6)
@@ -299,7 +254,7 @@ async def test_reset_goes_reserved_resetting_idle(
     job_id = await post_reset(lab, 6, how)
     b = await board(lab, 6)
     assert b["state"] == "resetting" and b["session"] is None and b["current_job_id"] == job_id
-    await event_set(backend.held)
+    await wait_set(backend.held)
     assert (await board(lab, 6))["state"] == "resetting"
     assert (await job(lab, 6, job_id))["status"] == "running"
     backend.resume.set()
@@ -309,7 +264,7 @@ async def test_reset_goes_reserved_resetting_idle(
 
 
 async def test_reset_goes_error_resetting_idle(
-    lab: httpx.AsyncClient, backend: HoldingBackend
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A board in error (failed build) goes through resetting back to idle."""
     r = await submit(lab, 7, "FAIL_BUILD\n")
@@ -318,7 +273,7 @@ async def test_reset_goes_error_resetting_idle(
     backend.hold.add("reset")
     job_id = await post_reset(lab, 7)
     assert (await board(lab, 7))["state"] == "resetting"
-    await event_set(backend.held)
+    await wait_set(backend.held)
     assert (await board(lab, 7))["state"] == "resetting"
     backend.resume.set()
     assert (await wait_job(lab, 7, job_id))["status"] == "complete"
@@ -326,7 +281,7 @@ async def test_reset_goes_error_resetting_idle(
 
 
 async def test_board_fault_goes_reserved_to_error(
-    lab: httpx.AsyncClient, backend: HoldingBackend
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A run that finds the board crashed fails and puts the board in error, health unknown."""
     await reserve(lab, 8)
@@ -346,7 +301,7 @@ async def test_board_fault_goes_reserved_to_error(
 
 
 async def test_failed_reset_goes_resetting_to_error(
-    lab: httpx.AsyncClient, backend: HoldingBackend
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A reset that fails leaves the board in error with health bad; a good reset recovers it."""
     await reserve(lab, 9)
@@ -401,7 +356,7 @@ async def test_worker_lost_mid_job_goes_to_error(
     client: httpx.AsyncClient,
     start_worker: WorkerFactory,
     settings: Settings,
-    backend: HoldingBackend,
+    backend: FakeBackend,
     phase: str,
 ) -> None:
     """A worker dying mid-job is seen by another worker: the job fails, the board goes to error."""
@@ -417,7 +372,7 @@ async def test_worker_lost_mid_job_goes_to_error(
             else:
                 backend.hold.add("reset")
                 job_id = await post_reset(client, 1)
-            await event_set(backend.held)
+            await wait_set(backend.held)
         record = await job(client, 1, job_id)
         assert record["status"] == "running"
         assert (await board(client, 1))["state"] == phase
@@ -446,7 +401,7 @@ async def test_worker_lost_mid_job_goes_to_error(
 
 
 async def boards_in_every_state(
-    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> dict[str, tuple[int, str | None]]:
     """Boards 0-5 put in idle, queued, programming, reserved, resetting and error:
     state -> (board, its current or last job). Board 1 has no worker."""
@@ -460,7 +415,7 @@ async def boards_in_every_state(
     await reserve(client, 4)
     backend.hold.add("reset")
     jobs["resetting"] = (4, await post_reset(client, 4))
-    await event_set(backend.held)
+    await wait_set(backend.held)
     r = await submit(client, 5, "FAIL_BUILD\n")
     await wait_job(client, 5, r.json()["job_id"])
     jobs["error"] = (5, r.json()["job_id"])
@@ -482,7 +437,7 @@ async def snapshot(client: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
 
 
 async def test_submit_is_refused_unless_idle(
-    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """Submit to a queued, programming, reserved, resetting or error board is 409 fpga_not_idle."""
     boards = await boards_in_every_state(paused, start_worker, backend)
@@ -495,7 +450,7 @@ async def test_submit_is_refused_unless_idle(
 
 
 async def test_run_is_refused_unless_reserved(
-    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """Run on an idle, queued, programming, resetting or error board is 409 fpga_not_reserved."""
     boards = await boards_in_every_state(paused, start_worker, backend)
@@ -509,7 +464,7 @@ async def test_run_is_refused_unless_reserved(
 
 
 async def test_reset_is_refused_unless_reserved_or_error(
-    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """Reset of an idle, queued, programming or resetting board is 409 fpga_not_resettable."""
     boards = await boards_in_every_state(paused, start_worker, backend)
@@ -532,7 +487,7 @@ async def test_reset_is_refused_unless_reserved_or_error(
 
 
 async def test_cancel_is_refused_once_a_worker_has_the_job(
-    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: HoldingBackend
+    paused: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """Cancelling a running build, a running reset or a finished job is 409 job_not_cancellable."""
     boards = await boards_in_every_state(paused, start_worker, backend)
@@ -548,13 +503,13 @@ async def test_cancel_is_refused_once_a_worker_has_the_job(
 
 
 async def test_cancel_of_a_queued_reset_is_refused(
-    lab: httpx.AsyncClient, backend: HoldingBackend
+    lab: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     """A reset job still in the queue cannot be cancelled: 409 job_not_cancellable."""
     await reserve(lab, 3)
     backend.hold.add("transact")
     run_id = await post_run(lab, 3, {"op": 1, "address": 0, "data": [5]})
-    await event_set(backend.held)
+    await wait_set(backend.held)
     queued_run = await post_run(lab, 3, {"op": 2, "address": 0})
     reset_id = await post_reset(lab, 3)
     assert (await job(lab, 3, reset_id))["status"] == "queued"

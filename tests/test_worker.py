@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import pytest
 
 from backends import Transaction, TransactResult
 from service import keys
-from service.app import create_app
 from service.settings import Settings
 from service.store import Store
 from service.worker import BoardTaken, Worker
@@ -36,37 +33,29 @@ from tests.helpers import (
     board,
     job,
     reserve,
+    reset_to_idle,
+    serve,
     submit,
     wait_for,
     wait_job,
-    wait_state,
+    wait_set,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: A run at this address blocks in ``StallingBackend.transact`` until released.
+#: A run at this address is held in ``StallingBackend.transact`` until resumed.
 STALL_ADDRESS = 0x7700
 
 
 class StallingBackend(FakeBackend):
-    """FakeBackend whose transact at ``STALL_ADDRESS`` blocks until ``stall`` is set
-    (at most 30 s): a run job that stays in flight, in-process or in a subprocess
-    (``--backend tests.test_worker:StallingBackend``)."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.stall = threading.Event()
-        self.stalled = threading.Event()
+    """FakeBackend that holds every transact at ``STALL_ADDRESS`` (``held``, then waits for
+    ``resume``): a run job that stays in flight, also in a worker subprocess
+    (``--backend tests.test_worker:StallingBackend``), where no test can set ``hold``."""
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
         if txn.address == STALL_ADDRESS:
-            self.stalled.set()
-            self.stall.wait(30)
+            self.pause("transact")
         return super().transact(board, txn)
-
-    def close(self) -> None:
-        self.stall.set()
-        super().close()
 
 
 # -- worker subprocesses ----------------------------------------------------------------
@@ -119,15 +108,6 @@ def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
         w.proc.wait(10)
 
 
-def is_set(event: threading.Event) -> Callable[[], Awaitable[bool]]:
-    """A ``wait_for`` check that a backend thread has set ``event``."""
-
-    async def check() -> bool:
-        return event.is_set()
-
-    return check
-
-
 async def lease_holder(store: Store, fpga_id: int) -> str | None:
     return await store.redis.get(keys.owner(fpga_id))  # type: ignore[no-any-return]
 
@@ -165,25 +145,6 @@ async def logs(client: httpx.AsyncClient, fpga_id: int, job_id: str) -> str:
     r = await client.get(f"/fpga/{fpga_id}/jobs/{job_id}/logs")
     assert r.status_code == 200, r.text
     return r.text
-
-
-async def reset_to_idle(client: httpx.AsyncClient, fpga_id: int) -> dict[str, Any]:
-    """Reset the board, wait for the reset job, and return the idle board."""
-    r = await client.post(f"/fpga/{fpga_id}/reset")
-    assert r.status_code == 202, r.text
-    done = await wait_job(client, fpga_id, r.json()["job_id"])
-    assert done["status"] == "complete", done
-    return await wait_state(client, fpga_id, "idle")
-
-
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API (over ASGI) for these settings, e.g. a private Redis."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
-            yield c
 
 
 # -- a worker that dies mid-job -----------------------------------------------------------
@@ -401,7 +362,7 @@ async def test_health_reports_redis_down_and_the_api_recovers(
     server = RedisServer(tmp_path / "redis-down").start()
     restarted: RedisServer | None = None
     try:
-        async with api(settings.model_copy(update={"redis_url": server.url})) as c:
+        async with serve(settings.model_copy(update={"redis_url": server.url})) as c:
             r = await c.get("/health")
             assert r.status_code == 200 and r.json() == {"status": "ok", "redis": True}
 
@@ -442,7 +403,7 @@ async def test_worker_survives_a_redis_restart_without_losing_jobs(
         update={"redis_url": server.url, "worker_heartbeat_ttl": 0.5}
     )
     try:
-        async with api(worker_settings) as c:
+        async with serve(worker_settings) as c:
             await start_worker([3], fake=fake, worker_settings=worker_settings)
             await reserve(c, 3)
             r1 = await c.post("/fpga/3/run", json={"op": 2, "address": STALL_ADDRESS})
@@ -450,7 +411,7 @@ async def test_worker_survives_a_redis_restart_without_losing_jobs(
             r3 = await c.post("/fpga/3/run", json={"op": 2, "address": 0x40, "length": 3})
             ids = [r.json()["job_id"] for r in (r1, r2, r3)]
             await wait_running(c, 3, ids[0])
-            await wait_for(is_set(fake.stalled))
+            await wait_set(fake.held)
             assert [(await job(c, 3, i))["status"] for i in ids[1:]] == ["queued", "queued"]
 
             server.stop()
@@ -462,7 +423,7 @@ async def test_worker_survives_a_redis_restart_without_losing_jobs(
                 return (await c.get("/health")).status_code == 200
 
             await wait_for(healthy)
-            fake.stall.set()
+            fake.resume.set()
             done = [await wait_job(c, 3, i) for i in ids]
             assert [d["status"] for d in done] == ["complete"] * 3, done
             result = await c.get(f"/fpga/3/jobs/{ids[2]}/result")
@@ -490,7 +451,7 @@ async def test_a_long_job_on_one_board_does_not_delay_another(
     slow = await submit(lab, 0, "GATE\n")
     assert slow.status_code == 202, slow.text
     try:
-        await wait_for(is_set(backend.gate_reached))
+        await wait_set(backend.gate_reached)
         fast = await submit(lab, 1)
         done = await wait_job(lab, 1, fast.json()["job_id"])
         assert done["status"] == "complete"
@@ -507,7 +468,7 @@ async def test_logs_stream_while_the_job_runs(lab: httpx.AsyncClient, backend: F
     r = await submit(lab, 5, "GATE\n")
     job_id = r.json()["job_id"]
     try:
-        await wait_for(is_set(backend.gate_reached))
+        await wait_set(backend.gate_reached)
 
         async def first_lines() -> str | None:
             text = await logs(lab, 5, job_id)
@@ -523,7 +484,6 @@ async def test_logs_stream_while_the_job_runs(lab: httpx.AsyncClient, backend: F
     final = await logs(lab, 5, job_id)
     assert final.startswith(early)
     assert final.index("fake: elaborating") < final.index("fake: verilating")
-
 
 
 async def test_a_worker_that_lost_its_lease_leaves_the_job_for_the_new_holder(
