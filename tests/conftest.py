@@ -13,13 +13,12 @@ import httpx
 import pytest
 import redis
 
-from service.app import create_app
 from service.settings import Settings
 from service.states import BOARD_IDS
 from service.store import Store
 from service.worker import Worker
 from tests.fakes import FakeBackend
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, serve, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +106,9 @@ def app_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def client(app_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(app_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab") as c:
-            yield c
+    """The API under test, started and reached over ASGI."""
+    async with serve(app_settings) as c:
+        yield c
 
 
 @pytest.fixture
