@@ -93,8 +93,13 @@ class Store:
         entries = await self.redis.xrange(keys.log(job_id))
         return [fields["l"] for _, fields in entries]
 
-    async def memory_map(self, fpga_id: int) -> str | None:
-        return await self.redis.get(keys.memory_map(fpga_id))
+    async def memory_map(self, fpga_id: int) -> tuple[str, str | None, str | None]:
+        """(board state, session owner, csr.json or None), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.board(fpga_id), ["state", "session_owner"])
+        pipe.get(keys.memory_map(fpga_id))
+        (state, owner), found = await pipe.execute()
+        return state or "idle", owner, found
 
     async def set_memory_map(self, fpga_id: int, csr_json: str | None) -> None:
         if csr_json is None:

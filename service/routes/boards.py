@@ -51,12 +51,9 @@ async def get_fpga(fpga_id: FpgaId, store: StoreDep, _: CallerDep) -> FPGASummar
 async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Response:
     """The LiteX ``csr.json`` of the SoC on the board now: the base SoC, or the
     session's build (then only its owner or an admin may read it)."""
-    board, _ = await store.board(fpga_id)
-    owner = board.get("session_owner")
+    state, owner, found = await store.memory_map(fpga_id)
     if owner is not None and owner != caller.name and not caller.admin:
         raise Forbidden("not_session_owner", f"FPGA {fpga_id} holds another caller's design.")
-    found = await store.memory_map(fpga_id)
-    state = board.get("state", "idle")
     if found is None or state not in ("idle", "reserved"):
         raise NotFound(
             "memory_map_unknown",

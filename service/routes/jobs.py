@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from service.auth import Caller
-from service.deps import CallerDep, FpgaId, JobId, SettingsDep, StoreDep
+from service.deps import CallerDep, FpgaId, JobId, StoreDep
 from service.errors import Conflict, Forbidden, NotFound
 from service.handlers import responses
 from service.models import JobResponse, RunResult, job_response
@@ -18,10 +18,15 @@ from service.store import Actor, Store
 router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
 
 
+def _check_board(fpga_id: int, job_id: str, job_board: str | None) -> None:
+    """A job of another board is as unknown here as a job that does not exist."""
+    if job_board != str(fpga_id):
+        raise NotFound("job_not_found", f"FPGA {fpga_id} has no job {job_id}.")
+
+
 async def _fields(store: Store, fpga_id: int, job_id: str, *fields: str) -> list[str | None]:
     values = await store.job_fields(job_id, "fpga_id", *fields)
-    if values[0] != str(fpga_id):
-        raise NotFound("job_not_found", f"FPGA {fpga_id} has no job {job_id}.")
+    _check_board(fpga_id, job_id, values[0])
     return values[1:]
 
 
@@ -33,8 +38,7 @@ def _check_reader(caller: Caller, owner: str | None, job_id: str) -> None:
 @router.get("/{job_id}", response_model=JobResponse, responses=responses("job_not_found"))
 async def get_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, _: CallerDep) -> JobResponse:
     record = await store.job(job_id)
-    if record.get("fpga_id") != str(fpga_id):
-        raise NotFound("job_not_found", f"FPGA {fpga_id} has no job {job_id}.")
+    _check_board(fpga_id, job_id, record.get("fpga_id"))
     return job_response(record)
 
 
@@ -81,7 +85,7 @@ async def get_result(
     responses=responses("job_not_found", "job_not_cancellable", "not_session_owner"),
 )
 async def cancel_job(
-    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep, settings: SettingsDep
+    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep
 ) -> Response:
     """Cancel a job no worker has taken yet; a cancelled build frees the board."""
     await store.cancel(fpga_id, job_id, Actor(caller.name, caller.admin))
