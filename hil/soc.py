@@ -2,7 +2,8 @@
 identifier, ``ctrl`` (reset, scratch, bus-error count), an SRAM, and the ``user``
 Wishbone region a user's design is mapped into. The host reaches the bus through a
 bridge chosen at construction: ``sim`` (an external Wishbone port plus a burst
-master, driven by cocotb), or ``uartbone`` on real boards.
+master, driven by cocotb), ``uartbone`` on real boards, or ``stream`` in their twins
+(the same UARTBone gateware, its UART replaced by a byte stream).
 
 Memory map (byte addresses; ``docs/memory-map.md`` has the detail)::
 
@@ -18,10 +19,11 @@ from typing import Any
 
 from litex.build.generic_platform import GenericPlatform, Pins, Subsignal
 from litex.gen import LiteXModule
+from litex.soc.cores import uart
 from litex.soc.integration import export
 from litex.soc.integration.soc import SoCRegion
 from litex.soc.integration.soc_core import SoCMini
-from litex.soc.interconnect import wishbone
+from litex.soc.interconnect import stream, wishbone
 from migen import ClockDomain, ClockDomainsRenamer, Module, Signal
 
 from hil.burst import BurstMaster
@@ -94,6 +96,26 @@ class UserSlot(LiteXModule):
         ]
 
 
+class StreamPHY(LiteXModule):
+    """A UART PHY without the UART: ``rx_*`` (host to SoC) and ``tx_*`` (SoC to host)
+    are valid/ready byte streams on the pads, one byte per clock at most."""
+
+    PORTS = {"rx_data": 8, "rx_valid": 1, "rx_ready": 1, "tx_data": 8, "tx_valid": 1,
+             "tx_ready": 1, "rx_idle": 1}  # fmt: skip
+
+    def __init__(self, pads: Any) -> None:
+        self.source = stream.Endpoint([("data", 8)])  # what the host sent
+        self.sink = stream.Endpoint([("data", 8)])  # what the SoC answers
+        self.comb += [
+            self.source.valid.eq(pads.rx_valid),
+            self.source.data.eq(pads.rx_data),
+            pads.rx_ready.eq(self.source.ready),
+            pads.tx_valid.eq(self.sink.valid),
+            pads.tx_data.eq(self.sink.data),
+            self.sink.ready.eq(pads.tx_ready),
+        ]
+
+
 # The SoC ------------------------------------------------------------------------------------------
 
 
@@ -140,9 +162,37 @@ class LabSoC(SoCMini):
         if config.bridge == "sim":
             self._add_sim_bridge(platform, config)
         elif config.bridge == "uartbone":
-            self.add_uartbone(uart_name="serial", baudrate=config.uart_baudrate)
+            self._add_uartbone(uart.UARTPHY(platform.request("serial"), config.sys_clk_freq,
+                                            config.uart_baudrate), config)  # fmt: skip
+        elif config.bridge == "stream":
+            platform.add_extension([("serial", 0, *(
+                Subsignal(name, Pins(width)) for name, width in StreamPHY.PORTS.items()
+            ))])  # fmt: skip
+            pads = platform.request("serial")
+            bone = self._add_uartbone(StreamPHY(pads), config)
+            # Tells the twin's simulator that every byte it fed has been consumed.
+            self.comb += pads.rx_idle.eq(~self.uartbone_fifo.source.valid & bone.sink.ready)
         else:
-            raise ValueError(f"unknown bridge {config.bridge!r}: choose sim or uartbone")
+            raise ValueError(f"unknown bridge {config.bridge!r}: choose sim, uartbone or stream")
+
+    def _add_uartbone(self, phy: Module, config: SoCConfig) -> uart.Stream2Wishbone:
+        """LiteX's UARTBone, with a receive FIFO between the PHY and the bridge: the PHY
+        has no buffer of its own, so bytes arriving while the bridge waits on a slow
+        slave (up to the bus timeout) would be lost and the framing with them. The FIFO
+        holds a whole write frame; the host sends one frame per round trip."""
+        fifo = stream.SyncFIFO([("data", 8)], config.uart_rx_fifo, buffered=True)
+        bone = uart.Stream2Wishbone(clk_freq=config.sys_clk_freq,
+                                    address_width=self.bus.address_width)  # fmt: skip
+        self.comb += [
+            phy.source.connect(fifo.sink),
+            fifo.source.connect(bone.sink),
+            bone.source.connect(phy.sink),
+        ]
+        self.add_module(name="uartbone_phy", module=phy)
+        self.add_module(name="uartbone_fifo", module=fifo)
+        self.add_module(name="uartbone", module=bone)
+        self.bus.add_master(name="uartbone", master=bone.wishbone)
+        return bone
 
     def _add_sim_bridge(self, platform: GenericPlatform, config: SoCConfig) -> None:
         # A plain external master port (``wb_*``), for a per-cycle cocotb master...

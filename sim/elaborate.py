@@ -1,5 +1,11 @@
 """Build step 1, run as a sandboxed child (``python -m sim.elaborate request.json``):
-load the user's design into the SoC and write its Verilog, memory files and csr.json.
+load the user's design into the SoC and write its gateware sources and csr.json.
+
+Two targets: the simulation (no ``platform`` in the request: Verilog and memory files
+for Verilator), or a board (``platform``: ``{"name": ..., "device": ...}``, see
+``hil.platforms``): LiteX's ``Builder`` writes the gateware folder (Verilog, memory
+files, constraints, the yosys script and the build script) and runs no tool; the
+parent runs them (``hil.bitstream``).
 
 This is where a user's Python runs. The child sets its own resource limits before
 it loads anything, works in its own folder, and reports through ``result.json``:
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -25,12 +32,19 @@ def _write_result(out: Path, result: dict[str, Any]) -> None:
     (out / "result.json").write_text(json.dumps(result))
 
 
+def _failed(exc: Exception) -> dict[str, Any]:
+    print(traceback.format_exc().rstrip(), flush=True)
+    return {"ok": False, "error": f"the SoC with this design does not elaborate: "
+                                  f"{type(exc).__name__}: {exc}".splitlines()[0]}  # fmt: skip
+
+
 def elaborate(request: dict[str, Any], out: Path) -> dict[str, Any]:
     from hil.design import DesignLoadError, load
-    from hil.soc import LabSoC, SoCConfig, VerilogPlatform, csr_json
+    from hil.soc import SoCConfig
 
     config = SoCConfig(**request["config"])
     design = None
+    language = None
     name = request.get("design")
     if name:
         language = request["language"]
@@ -43,6 +57,14 @@ def elaborate(request: dict[str, Any], out: Path) -> dict[str, Any]:
             return {"ok": False, "error": str(exc)}
 
     print(f"elaborate: building the SoC ({request['ident']})", flush=True)
+    if request.get("platform"):
+        return _for_board(request, config, design, name if language == "verilog" else None, out)
+    return _for_simulation(request, config, design, out)
+
+
+def _for_simulation(request: dict[str, Any], config: Any, design: Any, out: Path) -> dict[str, Any]:
+    from hil.soc import LabSoC, VerilogPlatform, csr_json
+
     try:
         platform = VerilogPlatform()
         soc = LabSoC(platform, config, design=design, ident=request["ident"])
@@ -51,9 +73,7 @@ def elaborate(request: dict[str, Any], out: Path) -> dict[str, Any]:
     except Exception as exc:
         if design is None:
             raise  # the base SoC does not elaborate: our bug
-        print(traceback.format_exc().rstrip(), flush=True)
-        return {"ok": False, "error": f"the SoC with this design does not elaborate: "
-                                      f"{type(exc).__name__}: {exc}".splitlines()[0]}  # fmt: skip
+        return _failed(exc)
 
     (out / f"{request['top']}.v").write_text(conv.main_source)
     for filename, content in conv.data_files.items():
@@ -61,9 +81,52 @@ def elaborate(request: dict[str, Any], out: Path) -> dict[str, Any]:
     mem_map = csr_json(soc)
     (out / "csr.json").write_text(json.dumps(mem_map, indent=2, sort_keys=True))
     print(f"elaborate: wrote {request['top']}.v ({len(conv.main_source) // 1024} KiB)", flush=True)
+    _print_regions(mem_map)
+    return {"ok": True, "data_files": sorted(conv.data_files)}
+
+
+def _for_board(
+    request: dict[str, Any], config: Any, design: Any, verilog: str | None, out: Path
+) -> dict[str, Any]:
+    """LiteX's Builder for the board, gateware only: sources, constraints and scripts."""
+    from litex.soc.integration.builder import Builder
+
+    from hil.platforms import get_platform, make_crg, make_platform
+    from hil.soc import LabSoC
+
+    board = get_platform(request["platform"]["name"])
+    gateware = out / "gateware"
+    gateware.mkdir(parents=True, exist_ok=True)
+    try:
+        platform = make_platform(board, request["platform"]["device"])
+        if verilog is not None:
+            # Next to LiteX's own files: the tools see nothing outside this folder.
+            shutil.copyfile(verilog, gateware / verilog)
+            platform.add_source(str((gateware / verilog).resolve()))
+        soc = LabSoC(platform, config, design=design, ident=request["ident"],
+                     crg=make_crg(platform, board))  # fmt: skip
+        builder = Builder(
+            soc, output_dir=str(out.resolve()), gateware_dir=str(gateware.resolve()),
+            compile_software=False, compile_gateware=False,
+            csr_json=str((out / "csr.json").resolve()),
+        )  # fmt: skip
+        # timingstrict: no --timing-allow-fail in the build script (LiteX's default).
+        builder.build(build_name=request["top"], timingstrict=True)
+    except Exception as exc:
+        if design is None:
+            raise
+        return _failed(exc)
+
+    mem_map = json.loads((out / "csr.json").read_text())
+    files = sorted(p.name for p in gateware.iterdir() if p.is_file())
+    print(f"elaborate: wrote the gateware for {board.name} ({', '.join(files)})", flush=True)
+    _print_regions(mem_map)
+    return {"ok": True, "gateware": "gateware", "files": files}
+
+
+def _print_regions(mem_map: dict[str, Any]) -> None:
     for region, info in sorted(mem_map["memories"].items(), key=lambda kv: kv[1]["base"]):
         print(f"elaborate:   {region:<6} {info['base']:#010x}  {info['size']:#x} bytes", flush=True)
-    return {"ok": True, "data_files": sorted(conv.data_files)}
 
 
 def main(argv: list[str]) -> int:
