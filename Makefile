@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# g++ and make compile the Verilator models of the simulated boards
-APT_PACKAGES := redis-server g++ make perl
+# g++ and make compile the Verilator models of the simulated boards; openFPGALoader
+# programs real boards (and the twins, over XVC)
+APT_PACKAGES := redis-server g++ make perl openfpgaloader
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k flow"`.
 PYTEST_ARGS ?=
 
@@ -16,8 +17,10 @@ PYTEST_ARGS ?=
 run: $(VENV)/.installed system
 	$(BIN)/fpgalab serve
 
+# The default tiers, then the end-to-end suite again on the hardware backend (twins).
 test: $(VENV)/.installed system
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --backend hardware tests/e2e $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/nox -s lint

@@ -1,10 +1,11 @@
-"""Sessions: ``tests`` and ``lint`` and ``typing`` by default; ``bench`` on demand."""
+"""Sessions: ``tests``, ``twins``, ``lint`` and ``typing`` by default; ``slow``, ``hil``
+and ``bench`` on demand."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "twins", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -20,6 +21,27 @@ def tests_impl(session: nox.Session, *pytest_args: str) -> None:
 def tests(session: nox.Session) -> None:
     """The default test tiers, in parallel."""
     tests_impl(session, "-n", "2")
+
+
+@nox.session(python=PYTHON)
+def twins(session: nox.Session) -> None:
+    """The end-to-end suite on the hardware backend, against twins (simulated boards
+    behind openFPGALoader over XVC and UARTBone over TCP)."""
+    tests_impl(session, "-n", "2", "--backend", "hardware", "tests/e2e")
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """The slow tier: full ECP5 bitstream builds with the open toolchain."""
+    tests_impl(session, "--run-slow", "-m", "slow")
+
+
+@nox.session(python=PYTHON)
+def hil(session: nox.Session) -> None:
+    """The end-to-end suite against a real lab: ``nox -s hil -- --lab lab.toml``."""
+    if not any(arg == "--lab" or arg.startswith("--lab=") for arg in session.posargs):
+        session.skip("no lab file: run `nox -s hil -- --lab lab.toml` (see docs/lab.md)")
+    tests_impl(session, "--backend", "hardware", "tests/e2e")
 
 
 @nox.session(python=PYTHON)

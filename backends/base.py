@@ -75,6 +75,17 @@ class Transaction:
     data: tuple[int, ...] = ()
     length: int = 1
 
+    @property
+    def words(self) -> int:
+        return len(self.data) if self.op is Op.WRITE else self.length
+
+    def span_error(self) -> str | None:
+        """Why the bus cannot take this transaction at all (None: it can)."""
+        count = self.words
+        if self.address % 4 or self.address < 0 or self.address + 4 * count > 1 << 32:
+            return f"bad address {self.address:#x} for {count} words"
+        return None
+
 
 @dataclass(frozen=True)
 class TransactResult:

@@ -30,16 +30,12 @@ from backends.base import (
     Transaction,
     TransactResult,
 )
+from hil.config import IDENT_PREFIX, IDENTIFIER, SCRATCH
 from sim.board import BoardFailure, SimBoard, to_bytes
 from sim.build import DEFAULT_TIMEOUT, Builder, DesignBuildError, Model, ToolchainError
 from sim.protocol import Op as WireOp
 from sim.protocol import Status
 from sim.toolchain import ToolchainMissing, find
-
-#: Where ctrl's scratch register and the identifier live (see docs/memory-map.md).
-SCRATCH = 0x0000_0004
-IDENTIFIER = 0x0000_0800
-IDENT_PREFIX = "fpgalab"
 
 
 def default_data_dir() -> Path:
@@ -143,12 +139,13 @@ class SimBackend:
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
         sim, lock = self._board(board)
+        if refused := txn.span_error():
+            return TransactResult(ok=False, error=refused)
+        count = txn.words
         if txn.op is Op.WRITE:
-            count, payload, op = len(txn.data), to_bytes(txn.data), WireOp.WRITE
+            payload, op = to_bytes(txn.data), WireOp.WRITE
         else:
-            count, payload, op = txn.length, b"", WireOp.READ
-        if txn.address % 4 or txn.address < 0 or txn.address + 4 * count > 1 << 32:
-            return TransactResult(ok=False, error=f"bad address {txn.address:#x} for {count} words")
+            payload, op = b"", WireOp.READ
         with lock, _translated():
             if sim.model is None and not sim.alive():
                 raise BoardFailure(f"board {board}: no simulator is running (reset the board)")

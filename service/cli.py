@@ -1,4 +1,4 @@
-"""The ``fpgalab`` command: ``serve`` (the whole lab), ``api``, ``worker``."""
+"""The ``fpgalab`` command: ``serve`` (the whole lab), ``api``, ``worker``, ``twin``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from service.procs import child_dies_with_parent
@@ -45,26 +46,51 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def backend_options(settings: Settings) -> dict[str, object]:
-    """What every backend is made with: a data folder of its own, the build limit."""
+    """What every backend is made with: a data folder of its own, the build limit, and
+    the lab file if there is one."""
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.backend)
-    return {"data_dir": settings.data_dir / folder, "build_timeout": settings.build_timeout}
+    options: dict[str, object] = {
+        "data_dir": settings.data_dir / folder, "build_timeout": settings.build_timeout,
+    }  # fmt: skip
+    if settings.lab_file is not None:
+        options["lab_file"] = settings.lab_file
+    return options
+
+
+def _boards(args: argparse.Namespace, settings: Settings) -> list[int]:
+    """``--boards`` if given; else the lab file's boards; else all of them."""
+    if args.boards is not None:
+        return list(args.boards)
+    if settings.lab_file is not None:
+        from hil.lab import LabFileError, load_lab
+
+        try:
+            return load_lab(settings.lab_file).board_ids
+        except LabFileError as exc:
+            raise SystemExit(f"fpgalab: {exc}") from None
+    return list(range(NUM_BOARDS))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from backends import UnknownBackend, get_backend
+    from backends.base import BackendUnavailable
     from service.store import Store
     from service.worker import BoardTaken, Worker
 
     settings = _settings(args)
+    boards = _boards(args, settings)
     try:
         backend = get_backend(settings.backend, **backend_options(settings))
-    except UnknownBackend as exc:
+    except (UnknownBackend, BackendUnavailable) as exc:
         log.error("%s", exc)
+        return 2
+    except TypeError as exc:  # e.g. --lab given to a backend that has no lab file
+        log.error("backend %s cannot take these options: %s", settings.backend, exc)
         return 2
 
     async def main() -> int:
         store = Store.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", settings)
-        worker = Worker(store, backend, args.boards)
+        worker = Worker(store, backend, boards)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -129,10 +155,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"redis_url": redis.url})
         log.info("private redis-server on %s, data in %s", redis.url, redis.data_dir)
     assert settings.redis_url is not None
-    boards = ",".join(map(str, args.boards))
+    boards = ",".join(map(str, _boards(args, settings)))
+    lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
     worker = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker", "--boards", boards,
-         "--backend", settings.backend, "--redis-url", settings.redis_url],
+         "--backend", settings.backend, "--redis-url", settings.redis_url, *lab],
         preexec_fn=child_dies_with_parent,
     )  # fmt: skip
     worker_failed = threading.Event()
@@ -159,6 +186,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 1 if worker_failed.is_set() else code
 
 
+def cmd_twin(args: argparse.Namespace) -> int:
+    """Run twins until SIGTERM/SIGINT; their lab file is written once they listen."""
+    from sim.twin import TwinLab
+
+    data_dir = args.data_dir or Settings().data_dir
+    lab = TwinLab(args.boards, data_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        for info in lab.start():
+            log.info("twin %d: uart %s, xvc port %d", info.index, info.uart_url, info.xvc_port)
+        args.lab_file.write_text(lab.lab_toml())
+        log.info("lab file for these twins: %s (fpgalab worker --backend hardware --lab %s)",
+                 args.lab_file, args.lab_file)  # fmt: skip
+        stop.wait()
+    finally:
+        lab.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fpgalab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", help="shared Redis (FPGALAB_REDIS_URL)")
         p.add_argument("--backend", help="sim (default), hardware, or module:Class")
 
+    def lab(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lab", dest="lab_file", type=Path,
+                       help="the lab file of the hardware backend (FPGALAB_LAB_FILE)")  # fmt: skip
+        p.add_argument("--boards", type=parse_boards,
+                       help="e.g. 0-9 or 0,2 (default: the lab file's boards, or all)")  # fmt: skip
+
     def http(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -174,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="API + worker (+ a private Redis): the whole lab")
     common(serve)
     http(serve)
-    serve.add_argument("--boards", type=parse_boards, default=list(range(NUM_BOARDS)))
+    lab(serve)
     serve.set_defaults(func=cmd_serve)
 
     api = sub.add_parser("api", help="the REST API alone (one replica)")
@@ -184,8 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="a worker for some boards")
     common(worker)
-    worker.add_argument("--boards", type=parse_boards, default=list(range(NUM_BOARDS)))
+    lab(worker)
     worker.set_defaults(func=cmd_worker)
+
+    twin = sub.add_parser("twin", help="simulated boards that the hardware backend drives")
+    twin.add_argument("--boards", type=parse_boards, default=list(range(NUM_BOARDS)))
+    twin.add_argument("--lab-file", type=Path, default=Path("twins.toml"),
+                      help="where to write the lab file that points at the twins")  # fmt: skip
+    twin.add_argument("--data-dir", type=Path, help="the lab's data folder (FPGALAB_DATA_DIR)")
+    twin.set_defaults(func=cmd_twin)
     return parser
 
 

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
+    #: The lab file naming the boards of the ``hardware`` backend (docs/lab.md).
+    lab_file: Path | None = None
     #: Wall-clock limit of one build (elaboration + compile), seconds.
     build_timeout: float = Field(default=300.0, gt=0)
     #: Seconds a worker's heartbeat lives; a worker silent this long is dead.

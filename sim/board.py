@@ -67,6 +67,11 @@ def from_bytes(raw: bytes) -> list[int]:
 
 
 class SimBoard:
+    """A simulator serving ``sim.protocol`` requests (``sim.harness``). Subclasses
+    running another harness override ``harness``, ``_handshake`` and ``_goodbye``."""
+
+    harness = "sim.harness"
+
     def __init__(self, index: int, run_dir: Path, tools: Toolchain) -> None:
         self.index = index
         self.run_dir = run_dir
@@ -94,7 +99,7 @@ class SimBoard:
         self.stop()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = self.tools.simulator_env(model.toplevel, self.run_dir / "results.xml")
+        env = self.tools.simulator_env(model.toplevel, self.run_dir / "results.xml", self.harness)
         env["FPGALAB_SIM_FD"] = str(theirs.fileno())
         env["HOME"] = str(self.run_dir)
         try:
@@ -113,12 +118,23 @@ class SimBoard:
         self.model = model
         ours.settimeout(START_TIMEOUT)
         try:
-            hello = recv_exactly(ours, REPLY.size)
+            ready = self._handshake(ours)
         except OSError:
-            hello = None
-        if hello is None:
+            ready = False
+        if not ready:
             raise self._failed("while starting")
+
+    def _handshake(self, sock: socket.socket) -> bool:
+        """Wait for the harness's hello; False if the simulator went away first."""
+        hello = recv_exactly(sock, REPLY.size)
+        if hello is None:
+            return False
         self.depth = REPLY.unpack(hello)[3]
+        return True
+
+    def _goodbye(self, sock: socket.socket) -> None:
+        """Ask the harness to end the simulation."""
+        sock.sendall(REQUEST.pack(Op.QUIT, 0, 0, 0, 0))
 
     def stop(self) -> None:
         """Stop the simulator (politely first); forget the model."""
@@ -128,7 +144,7 @@ class SimBoard:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.settimeout(2.0)
-                sock.sendall(REQUEST.pack(Op.QUIT, 0, 0, 0, 0))
+                self._goodbye(sock)
             sock.close()
         if proc is not None:
             try:

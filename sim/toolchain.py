@@ -56,8 +56,11 @@ class Toolchain:
             env.update(OBJCACHE="ccache", CCACHE_DIR=str(ccache_dir), CCACHE_BASEDIR=str(base_dir))
         return env
 
-    def simulator_env(self, toplevel: str, results: Path) -> dict[str, str]:
-        """What cocotb's runner would set for ``test()``; the simulator is run directly."""
+    def simulator_env(
+        self, toplevel: str, results: Path, harness: str = "sim.harness"
+    ) -> dict[str, str]:
+        """What cocotb's runner would set for ``test()``; the simulator is run directly,
+        with ``harness`` as its cocotb test module."""
         return {
             "PATH": os.pathsep.join([str(self.cocotb_libs), "/usr/local/bin", "/usr/bin", "/bin"]),
             "LANG": "C.UTF-8",
@@ -67,7 +70,7 @@ class Toolchain:
             "PYTHONNOUSERSITE": "1",
             "COCOTB_TOPLEVEL": toplevel,
             "TOPLEVEL_LANG": "verilog",
-            "COCOTB_TEST_MODULES": "sim.harness",
+            "COCOTB_TEST_MODULES": harness,
             "COCOTB_RESULTS_FILE": str(results),
             "COCOTB_TRUST_INERTIAL_WRITES": "1",
             # cocotb would otherwise set up pytest's assertion rewriting, which loads

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,81 @@ from service.store import Store
 from service.worker import Worker
 from tests.fakes import FakeBackend
 from tests.helpers import RedisServer, serve, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fpgalab")
+    group.addoption(
+        "--backend", choices=("sim", "hardware"), default="sim",
+        help="what the end-to-end suite (tests/e2e) drives: the simulated lab (default), "
+        "or the hardware backend against twins (or against --lab)",
+    )  # fmt: skip
+    group.addoption(
+        "--run-slow", action="store_true",
+        help="also run the slow tier (full ECP5 bitstream builds; `nox -s slow`)",
+    )  # fmt: skip
+    group.addoption(
+        "--lab", default=None, metavar="FILE",
+        help="a real lab file: the end-to-end suite drives its boards (implies "
+        "--backend hardware; the `hil` nox session)",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier runs only when asked for."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --run-slow (nox -s slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's build cache; ``FPGALAB_TEST_SIM_CACHE`` keeps one across runs.
+    Shared by xdist workers, whose builds of the same design wait on each other's lock."""
+    from sim.toolchain import ToolchainMissing, find
+
+    try:
+        find()
+    except ToolchainMissing as exc:
+        if os.environ.get("CI"):  # CI installs it: a missing toolchain is a failure there
+            raise
+        pytest.skip(f"simulation toolchain not installed: {exc}")
+    if configured := os.environ.get("FPGALAB_TEST_SIM_CACHE"):
+        return Path(configured)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, shared by all workers
+    return base / "sim-cache"
+
+
+@pytest.fixture(scope="session")
+def hw_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hardware build cache of the session (bitstreams; the twins' models)."""
+    if shutil.which("openFPGALoader") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("openFPGALoader is not installed (make system installs it)")
+        pytest.skip("openFPGALoader not installed")
+    if configured := os.environ.get("FPGALAB_TEST_HW_CACHE"):
+        return Path(configured)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "hw-cache"
+
+
+@pytest.fixture
+def example() -> Callable[[str], bytes]:
+    """Read an example design from docs/examples."""
+
+    def read(name: str) -> bytes:
+        return (EXAMPLES / name).read_bytes()
+
+    return read
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,186 @@
+"""The hardware backend against twins, below the API: real bitstreams from the open
+toolchain, loaded by the real openFPGALoader over XVC, every transfer in UARTBone
+framing over TCP; and faults on the link (``sim.faults.FaultyLink``) between them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.base import BoardError, Design, Op, Transaction
+from backends.hardware import HardwareBackend
+from hil.config import BUS_ERRORS, IDENTIFIER, SCRATCH
+from hil.lab import parse_lab
+from sim.faults import FaultyLink
+from sim.twin import TwinLab
+from sim.xvc import bit_payload
+
+pytestmark = pytest.mark.sim
+
+SRAM = 0x0100_0000
+USER = 0x2000_0000
+BASE_IDENT = "fpgalab hw base SoC"
+
+Read = Callable[[str], bytes]
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def read(hw: HardwareBackend, board: int, address: int, length: int = 1) -> Any:
+    return hw.transact(board, Transaction(Op.READ, address, length=length))
+
+
+def write(hw: HardwareBackend, board: int, address: int, words: list[int]) -> Any:
+    return hw.transact(board, Transaction(Op.WRITE, address, tuple(words)))
+
+
+def text_of(words: list[int]) -> str:
+    return bytes(w & 0xFF for w in words[: words.index(0)]).decode()
+
+
+@pytest.fixture
+def twins(hw_cache: Path, sim_cache: Path, tmp_path: Path) -> Iterator[TwinLab]:
+    lab = TwinLab([0, 1], hw_cache, run_dir=tmp_path / "twins")
+    lab.start()
+    yield lab
+    lab.close()
+
+
+def backend_for(twins: TwinLab, hw_cache: Path, tmp_path: Path, **ports: int) -> HardwareBackend:
+    """A backend whose lab file points at ``twins``; ``uart0=PORT`` reroutes board 0."""
+    text = twins.lab_toml()
+    if "uart0" in ports:
+        text = text.replace(twins.twins[0].info.uart_url, f"socket://127.0.0.1:{ports['uart0']}")
+    return HardwareBackend(lab=parse_lab(text, "twins.toml"), data_dir=hw_cache / "hardware")
+
+
+@pytest.fixture
+def hw(twins: TwinLab, hw_cache: Path, tmp_path: Path) -> Iterator[HardwareBackend]:
+    backend = backend_for(twins, hw_cache, tmp_path)
+    yield backend
+    backend.close()
+
+
+def test_a_fresh_twin_is_brought_up_with_the_base_soc_by_its_health_check(
+    hw: HardwareBackend, twins: TwinLab
+) -> None:
+    """A twin starts unconfigured; the health check loads the base SoC with
+    openFPGALoader over XVC and then finds its identifier and scratch register."""
+    assert twins.twins[0].running is None
+    report = hw.health(0)
+    assert report.ok, report.detail
+    assert "reloaded" in report.detail
+    base = hw.builder.base(quiet)
+    assert twins.twins[0].running == hashlib.sha256(bit_payload(base.bit.read_bytes())).hexdigest()
+    ident = read(hw, 0, IDENTIFIER, 64)
+    assert ident.ok and text_of(ident.data) == BASE_IDENT
+    assert read(hw, 0, SCRATCH).data == [0x12345678]
+    assert hw.health(0).detail == f"{BASE_IDENT}; scratch ok"  # no reload the second time
+    assert hw.memory_map(0) == base.csr()
+
+
+def test_a_design_loads_and_computes_and_a_reset_clears_the_sram(
+    hw: HardwareBackend, twins: TwinLab, example: Read
+) -> None:
+    """A built design is loaded, confirmed by its identifier and computes; after a reset
+    the base SoC is back and nothing the session wrote is readable."""
+    build = hw.build(Design("accumulator.v", example("accumulator.v")), quiet)
+    lines: list[str] = []
+    hw.program(0, build, lines.append)
+    assert any(line.startswith("program: openFPGALoader -c xvc-client") for line in lines)
+    ident = text_of(read(hw, 0, IDENTIFIER, 64).data)
+    assert (
+        re.fullmatch(r"fpgalab hw design [0-9a-f]{12}", ident) and ident == build.details["ident"]
+    )
+    assert f"hardware: board 0 up; identifier {ident!r}" in lines
+    assert write(hw, 0, USER, [40, 2]).ok
+    assert read(hw, 0, USER, 3).data == [40, 2, 42]
+    words = list(range(1, 601))  # three write frames, a read split in three
+    assert write(hw, 0, SRAM, words).ok
+    assert read(hw, 0, SRAM, 600).data == words
+
+    hw.reset(0, quiet)
+    assert text_of(read(hw, 0, IDENTIFIER, 64).data) == BASE_IDENT
+    assert read(hw, 0, SRAM, 600).data == [0] * 600
+    empty = read(hw, 0, USER)
+    assert not empty.ok and empty.error.startswith("bus timeout at 0x20000000 (word 0 of 1)")
+
+
+def test_bus_timeouts_are_counted_and_reported(hw: HardwareBackend) -> None:
+    """UARTBone reports no bus errors: the backend reads ctrl_bus_errors with every
+    transfer, names a read's first failed word and keeps the data before it."""
+    assert hw.health(0).ok
+    end = SRAM + hw.builder.config.sram_size
+    result = read(hw, 0, end - 8, 4)  # two words of SRAM, then nothing
+    assert not result.ok and result.data == [0, 0]
+    assert result.error == (
+        f"bus timeout at {end:#010x} (word 2 of 4): no slave answered within 4096 cycles "
+        "(2 of 4 accesses timed out)"
+    )
+    hole = write(hw, 0, end - 4, [1, 2])
+    assert not hole.ok and hole.error.startswith(
+        f"bus error during the transfer at {end - 4:#010x}: 1 of 2 accesses ended in a bus timeout"
+    )
+    assert read(hw, 0, BUS_ERRORS).data == [3]
+    assert read(hw, 0, end - 4).data == [1]
+
+
+def test_an_unknown_bitstream_leaves_the_board_unconfigured(hw_cache: Path, tmp_path: Path) -> None:
+    """Twins that do not know a bitstream stay silent after its load, and the backend's
+    identifier check fails the load even though openFPGALoader said nothing wrong."""
+    strangers = TwinLab([0], tmp_path / "empty-cache", run_dir=tmp_path / "twins")
+    strangers.start()
+    hw = backend_for(strangers, hw_cache, tmp_path)
+    try:
+        with pytest.raises(BoardError) as failed:
+            hw.reset(0, quiet)
+        assert re.fullmatch(
+            r"board 0: the load did not take: it does not answer over uart "
+            r"socket://127\.0\.0\.1:\d+ @ 1000000 baud: .+",
+            str(failed.value),
+        ), str(failed.value)
+        assert strangers.twins[0].running is None
+        report = hw.health(0)
+        assert not report.ok and "the load did not take" in report.detail
+    finally:
+        hw.close()
+        strangers.close()
+
+
+@pytest.mark.parametrize("fault", ["drop", "short", "silent", "garbage"])
+def test_a_faulty_link_fails_the_transfer_cleanly_and_a_reset_heals(
+    twins: TwinLab, hw_cache: Path, tmp_path: Path, fault: str
+) -> None:
+    """A link that drops, answers too little, never answers or garbles fails the
+    transfer with a clear BoardError within the deadline (never a hang, never a wrong
+    answer taken for a right one); once the link is good a reset brings the board back."""
+    with FaultyLink("127.0.0.1", twins.twins[0].info.uart_port) as link:
+        hw = backend_for(twins, hw_cache, tmp_path, uart0=link.port)
+        try:
+            assert hw.health(0).ok
+            link.set_fault(fault, after=4)
+            with pytest.raises(BoardError) as failed:
+                read(hw, 0, SRAM, 16)
+            message = str(failed.value)
+            expected = {
+                "drop": r"board 0: .*(closed|broke off).*",
+                "short": r"board 0: no reply from socket://127\.0\.0\.1:\d+ within .*",
+                "silent": r"board 0: no reply from socket://127\.0\.0\.1:\d+ within .*",
+                "garbage": r"board 0: implausible reply over uart .*: ctrl_bus_errors went "
+                r"from 0 to \d+ during a 16-word transfer \(a garbled link\?\)",
+            }[fault]
+            assert re.fullmatch(expected, message, re.S), message
+            with pytest.raises(BoardError, match="its SoC is unknown after a failure"):
+                read(hw, 0, SRAM)
+            link.set_fault("none")
+            hw.reset(0, quiet)
+            assert read(hw, 0, SCRATCH).data == [0x12345678]
+        finally:
+            hw.close()
