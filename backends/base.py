@@ -12,10 +12,22 @@ health alone; a BoardError makes it ``unknown``; BackendUnavailable makes it ``b
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+
+def default_data_dir(backend: str) -> Path:
+    """Where a backend keeps its builds when not told: ``$FPGALAB_DATA_DIR/<backend>``,
+    else ``$XDG_DATA_HOME/fpgalab/<backend>`` (~/.local/share)."""
+    if configured := os.environ.get("FPGALAB_DATA_DIR"):
+        return Path(configured) / backend
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fpgalab" / backend
+
 
 #: Receives one line of build/program/reset output as it happens.
 LogFn = Callable[[str], None]

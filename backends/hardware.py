@@ -41,6 +41,7 @@ from backends.base import (
     Op,
     Transaction,
     TransactResult,
+    default_data_dir,
 )
 from hil.bitstream import Bitstream, BitstreamBuilder
 from hil.bridge import Bridge, BridgeError, Read, Write
@@ -58,13 +59,6 @@ IDENT_WORDS = 64
 FRAME_WORDS = 255
 #: What a bus timeout answers to a UARTBone read.
 ALL_ONES = 0xFFFF_FFFF
-
-
-def default_data_dir() -> Path:
-    if configured := os.environ.get("FPGALAB_DATA_DIR"):
-        return Path(configured) / "hardware"
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fpgalab" / "hardware"
 
 
 @contextlib.contextmanager
@@ -146,7 +140,7 @@ class HardwareBackend:
             except LabFileError as exc:
                 raise BackendUnavailable(str(exc)) from exc
         self.lab = lab
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir("hardware")
         config = dataclasses.replace(HW_CONFIG, uart_baudrate=lab.baudrate)
         try:
             self.builder = BitstreamBuilder(

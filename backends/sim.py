@@ -29,6 +29,7 @@ from backends.base import (
     Op,
     Transaction,
     TransactResult,
+    default_data_dir,
 )
 from hil.config import IDENT_PREFIX, IDENTIFIER, SCRATCH
 from sim.board import BoardFailure, SimBoard, to_bytes
@@ -36,14 +37,6 @@ from sim.build import DEFAULT_TIMEOUT, Builder, DesignBuildError, Model, Toolcha
 from sim.protocol import Op as WireOp
 from sim.protocol import Status
 from sim.toolchain import ToolchainMissing, find
-
-
-def default_data_dir() -> Path:
-    """``$FPGALAB_DATA_DIR/sim``, else ``$XDG_DATA_HOME/fpgalab/sim`` (~/.local/share)."""
-    if configured := os.environ.get("FPGALAB_DATA_DIR"):
-        return Path(configured) / "sim"
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fpgalab" / "sim"
 
 
 @contextlib.contextmanager
@@ -73,7 +66,7 @@ class SimBackend:
     ) -> None:
         """``data_dir`` holds the build cache (shareable between processes);
         ``run_dir`` the boards' working folders (default ``data_dir/boards``)."""
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir("sim")
         self.run_dir = Path(run_dir) if run_dir is not None else self.data_dir / "boards"
         if build_timeout is None:
             build_timeout = float(os.environ.get("FPGALAB_BUILD_TIMEOUT", DEFAULT_TIMEOUT))

@@ -114,6 +114,19 @@ class Bridge(Protocol):
         ...
 
 
+class Transfers:
+    """``read`` and ``write`` in terms of ``run``, for bridges to inherit."""
+
+    def run(self, ops: Sequence[Read | Write]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def read(self, address: int, count: int) -> list[int]:
+        return self.run([Read(address, count)])[0]
+
+    def write(self, address: int, data: Sequence[int]) -> None:
+        self.run([Write(address, data)])
+
+
 def words(count: int) -> str:
     """``1 word``, ``4 words``: for messages."""
     return f"{count} word" if count == 1 else f"{count} words"

@@ -33,7 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from hil.bridge import MAX_FRAME_WORDS, BridgeError, Read, Write, check_max_words, words
+from hil.bridge import (
+    MAX_FRAME_WORDS,
+    BridgeError,
+    Read,
+    Transfers,
+    Write,
+    check_max_words,
+    words,
+)
 
 __all__ = ["Etherbone", "Record", "decode_reply", "encode", "plan"]
 
@@ -131,7 +139,7 @@ def plan(ops: Sequence[Read | Write], max_words: int = MAX_FRAME_WORDS) -> list[
     return [rec for rec in records if rec.size]
 
 
-class Etherbone:
+class Etherbone(Transfers):
     """A board's bus over Etherbone/UDP. Implements ``hil.bridge.Bridge``; one caller at
     a time. ``timeout`` is each request's deadline; requests are not retried (a read may
     have side effects, and a retried record would repeat its writes).
@@ -166,12 +174,6 @@ class Etherbone:
 
     def describe(self) -> str:
         return f"etherbone udp://{self.host}:{self.port}"
-
-    def read(self, address: int, count: int) -> list[int]:
-        return self.run([Read(address, count)])[0]
-
-    def write(self, address: int, data: Sequence[int]) -> None:
-        self.run([Write(address, data)])
 
     def run(self, ops: Sequence[Read | Write]) -> list[list[int]]:
         results: list[list[int]] = [[] for op in ops if isinstance(op, Read)]

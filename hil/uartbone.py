@@ -40,6 +40,7 @@ from hil.bridge import (
     MAX_FRAME_WORDS,
     BridgeError,
     Read,
+    Transfers,
     Write,
     check_max_words,
     chunks,
@@ -300,7 +301,7 @@ def set_low_latency(device: str, port: Any = None) -> bool:
 # The bridge ---------------------------------------------------------------------------------------
 
 
-class UARTBone:
+class UARTBone(Transfers):
     """A board's bus over UARTBone. Implements ``hil.bridge.Bridge``; one caller at a time.
 
     ``url``: a device path (``/dev/ttyUSB0``), any pyserial URL (``rfc2217://``,
@@ -337,12 +338,6 @@ class UARTBone:
 
     def describe(self) -> str:
         return f"uart {self.url} @ {self.baudrate} baud"
-
-    def read(self, address: int, count: int) -> list[int]:
-        return self.run([Read(address, count)])[0]
-
-    def write(self, address: int, data: Sequence[int]) -> None:
-        self.run([Write(address, data)])
 
     def run(self, ops: Sequence[Read | Write]) -> list[list[int]]:
         results: list[list[int]] = [[] for op in ops if isinstance(op, Read)]

@@ -31,37 +31,12 @@ from hil.bitstream import (
 )
 from hil.config import HW_CONFIG
 from hil.platforms import PLATFORMS, UnknownPlatformError, get_platform
+from tests.designs import PORTS, RING_OSCILLATOR
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 #: HW_CONFIG, its SRAM capped at what an LFE5U-25F holds next to the rest of the SoC.
 CONFIG = dataclasses.replace(HW_CONFIG, sram_size=min(HW_CONFIG.sram_size, 0x1_0000))
 
-PORTS = """module user_design (
-    input  wire        clk,
-    input  wire        rst,
-    input  wire [29:0] wb_adr,
-    input  wire [31:0] wb_dat_w,
-    output reg  [31:0] wb_dat_r,
-    input  wire [3:0]  wb_sel,
-    input  wire        wb_cyc,
-    input  wire        wb_stb,
-    input  wire        wb_we,
-    output reg         wb_ack
-);
-"""
-RING_OSCILLATOR = (
-    PORTS
-    + """    wire a, b, c;
-    assign a = ~c;
-    assign b = ~a;
-    assign c = ~b;
-    always @(posedge clk) begin
-        wb_ack   <= wb_cyc & wb_stb & ~wb_ack;
-        wb_dat_r <= {31'd0, c};
-    end
-endmodule
-"""
-)
 #: Inverters made of ECP5 LUTs: yosys' check does not see through the primitives.
 LUT_RING_OSCILLATOR = (
     PORTS

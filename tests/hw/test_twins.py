@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from backends.base import BoardError, Design, Op, Transaction
@@ -19,6 +25,8 @@ from hil.lab import parse_lab
 from sim.faults import FaultyLink
 from sim.twin import TwinLab
 from sim.xvc import bit_payload
+from tests.e2e import test_api as e2e
+from tests.helpers import board, wait_for
 
 pytestmark = pytest.mark.sim
 
@@ -184,3 +192,78 @@ def test_a_faulty_link_fails_the_transfer_cleanly_and_a_reset_heals(
             assert read(hw, 0, SCRATCH).data == [0x12345678]
         finally:
             hw.close()
+
+
+async def test_a_silent_board_fails_its_job_while_the_worker_serves_the_others(
+    twins: TwinLab,
+    hw_cache: Path,
+    tmp_path: Path,
+    client: httpx.AsyncClient,
+    start_worker: Any,
+    example: Read,
+) -> None:
+    """Through the API: board 0's link goes silent mid-session; its run fails within the
+    bridge's deadline with a clear error, while board 1's runs go on being served; once
+    the link is back a reset returns board 0 to service."""
+    with FaultyLink("127.0.0.1", twins.twins[0].info.uart_port) as link:
+        hw = backend_for(twins, hw_cache, tmp_path, uart0=link.port)
+        try:
+            await start_worker([0, 1], fake=hw, wait_healthy=False)
+
+            async def all_good() -> bool:
+                rows = [await board(client, b) for b in (0, 1)]
+                return all(r["health"] == "good" and r["state"] == "idle" for r in rows)
+
+            await wait_for(all_good, timeout=120)
+            for b in (0, 1):
+                await e2e.reserve_design(client, b, "accumulator.v", example("accumulator.v"))
+            link.set_fault("silent")
+            stuck = await e2e.post_run(client, 0, {"op": 2, "address": SRAM, "length": 8})
+            served = 0
+            while (await client.get(f"/fpga/0/jobs/{stuck}")).json()["status"] != "failed":
+                await e2e.write(client, 1, USER, [served, 1])
+                assert await e2e.read(client, 1, USER + 8) == [served + 1]
+                served += 1
+            assert served >= 2  # board 1 kept working while board 0's run waited
+            job = (await client.get(f"/fpga/0/jobs/{stuck}")).json()
+            assert re.fullmatch(
+                r"board 0: no reply from socket://127\.0\.0\.1:\d+ within [\d.]+ s: read of 8 "
+                r"words at 0x01000000 \(round trip 1 of 2\) got 0 of 32 bytes",
+                job["error"],
+            ), job["error"]
+            row = await board(client, 0)
+            assert row["state"] == "error" and row["health"] == "unknown", row
+            link.set_fault("none")
+            await e2e.reset(client, 0)
+            assert (await board(client, 1))["state"] == "reserved"
+        finally:
+            hw.close()
+
+
+def test_fpgalab_twin_serves_twins_and_writes_their_lab_file(tmp_path: Path) -> None:
+    """`fpgalab twin` starts twins, writes a lab file the hardware backend accepts, answers
+    XVC on each board's JTAG port, and stops cleanly on SIGTERM."""
+    lab_file = tmp_path / "twins.toml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "twin", "--boards", "2,5",
+         "--lab-file", str(lab_file), "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not lab_file.exists():
+            assert proc.poll() is None, proc.communicate()[0].decode()
+            assert time.monotonic() < deadline, "no lab file after 30 s"
+            time.sleep(0.1)
+        lab = parse_lab(lab_file.read_text(), str(lab_file))
+        assert lab.board_ids == [2, 5]
+        for spec in lab.boards.values():
+            port = int(spec.program.command[spec.program.command.index("--port") + 1])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as xvc:
+                xvc.sendall(b"getinfo:")
+                assert xvc.recv(64).startswith(b"xvcServer_v1.0:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    assert "twin 2: uart socket://127.0.0.1:" in out
