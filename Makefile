@@ -17,10 +17,12 @@ PYTEST_ARGS ?=
 run: $(VENV)/.installed system
 	$(BIN)/fpgalab serve
 
-# The default tiers, then the end-to-end suite again on the hardware backend (twins).
+# The default tiers; then the end-to-end suite again on the hardware backend (twins),
+# with the slow tier of the ECP5 flow (real bitstreams, real openFPGALoader).
 test: $(VENV)/.installed system
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
-	$(BIN)/pytest -n 2 --backend hardware tests/e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --backend hardware --run-slow \
+	  tests/e2e tests/hw/test_bitstream.py tests/hw/test_xvc.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/nox -s lint

@@ -267,3 +267,49 @@ def test_fpgalab_twin_serves_twins_and_writes_their_lab_file(tmp_path: Path) -> 
         out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
     assert "twin 2: uart socket://127.0.0.1:" in out
+
+
+def test_a_programmer_that_fails_fails_the_load_with_its_message(
+    twins: TwinLab, hw_cache: Path
+) -> None:
+    """No cable (nothing listens where openFPGALoader looks): the load fails with the
+    tool's own last words and the board's SoC is unknown until a reset works."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    text = twins.lab_toml().replace(f"port = {twins.twins[0].info.xvc_port}", f"port = {port}")
+    hw = HardwareBackend(lab=parse_lab(text, "twins.toml"), data_dir=hw_cache / "hardware")
+    try:
+        with pytest.raises(BoardError) as failed:
+            hw.reset(0, quiet)
+        assert re.fullmatch(
+            r"board 0: programming: `openFPGALoader` failed with status 1: .*(connection|JTAG).*",
+            str(failed.value),
+        ), str(failed.value)
+        assert hw.memory_map(0) is None
+    finally:
+        hw.close()
+
+
+def test_a_failed_reset_power_cycles_the_board_and_tries_once_more(
+    twins: TwinLab, hw_cache: Path, tmp_path: Path
+) -> None:
+    """A board whose load fails is power-cycled with the lab file's command, then the
+    load is tried once more."""
+    powered = tmp_path / "powered"
+    xvc = twins.twins[0].info.xvc_port
+    loader = f"test -f {powered} && exec openFPGALoader -c xvc-client --ip 127.0.0.1 --port {xvc}"
+    text = twins.lab_toml().replace(
+        f'program = {{ cable = "xvc-client", ip = "127.0.0.1", port = {xvc} }}',
+        f'program = {{ command = ["sh", "-c", "{loader} {{bitstream}}"] }}\n'
+        f'power_cycle = ["touch", "{powered}"]',
+    )
+    hw = HardwareBackend(lab=parse_lab(text, "twins.toml"), data_dir=hw_cache / "hardware")
+    lines: list[str] = []
+    try:
+        hw.reset(0, lines.append)
+        assert powered.exists()
+        assert any("power-cycling board 0 and trying once more" in line for line in lines)
+        assert text_of(read(hw, 0, IDENTIFIER, 64).data) == BASE_IDENT
+    finally:
+        hw.close()
