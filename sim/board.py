@@ -22,8 +22,11 @@ from pathlib import Path
 
 from sim.build import Model
 from sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
-from sim.toolchain import Toolchain
+from sim.sandbox import Confinement, Sandbox, SandboxUnavailable
+from sim.toolchain import PROJECT_ROOT, Toolchain
 
+#: Threads a simulator may run (Verilator's, cocotb's and the harness's bridge thread).
+SIMULATOR_PROCESSES = 32
 #: Seconds a simulator may take from exec until it says hello.
 START_TIMEOUT = 30.0
 #: Seconds a request may take: this, plus per word (raw requests are the slow ones).
@@ -66,6 +69,20 @@ def from_bytes(raw: bytes) -> list[int]:
     return words.tolist()
 
 
+def _descendant(root: int, name: str) -> int | None:
+    """The first process under ``root`` (itself included) whose name is ``name``."""
+    todo = [root]
+    while todo:
+        pid = todo.pop(0)
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                return pid
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return None
+
+
 class SimBoard:
     """A simulator serving ``sim.protocol`` requests (``sim.harness``). Subclasses
     running another harness override ``harness``, ``_handshake`` and ``_goodbye``."""
@@ -80,6 +97,9 @@ class SimBoard:
         self.depth = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._sim_pid: int | None = None
+        self._exe_name = ""
+        self._sandboxed = False
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -92,7 +112,12 @@ class SimBoard:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The simulator's own process (inside the sandbox: not the sandbox's pid)."""
+        if self._proc is None:
+            return None
+        if self._sim_pid is None:
+            self._sim_pid = _descendant(self._proc.pid, self._exe_name)
+        return self._sim_pid
 
     def start(self, model: Model) -> None:
         """Replace whatever runs with ``model``; returns once it serves requests."""
@@ -102,14 +127,25 @@ class SimBoard:
         env = self.tools.simulator_env(model.toplevel, self.run_dir / "results.xml", self.harness)
         env["FPGALAB_SIM_FD"] = str(theirs.fileno())
         env["HOME"] = str(self.run_dir)
+        # A design is code: Verilog's $system, $fopen, $readmemh run in the simulator.
+        # It runs sandboxed, seeing its model and our harness, writing only its folder.
+        confinement = Confinement(
+            writable=(self.run_dir,),
+            readable=(model.folder, PROJECT_ROOT / "sim", PROJECT_ROOT / "hil"),
+            processes=SIMULATOR_PROCESSES,
+        )
+        self._sim_pid, self._exe_name = None, model.executable.name[:15]
         try:
+            sandbox = Sandbox()
+            self._sandboxed = sandbox.enabled
+            cmd = sandbox.command([str(model.executable)], self.run_dir, confinement)
             with open(self.log_path, "wb") as out:
                 self._proc = subprocess.Popen(
-                    [str(model.executable)], cwd=self.run_dir, env=env, stdin=subprocess.DEVNULL,
+                    cmd, cwd=self.run_dir, env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
                     start_new_session=True,
                 )  # fmt: skip
-        except OSError as exc:
+        except (OSError, SandboxUnavailable) as exc:
             ours.close()
             raise BoardFailure(f"board {self.index}: cannot start the simulator: {exc}") from exc
         finally:
@@ -173,6 +209,8 @@ class SimBoard:
             code: int | None = proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             code = None
+        if code is not None and code > 128 and self._sandboxed:
+            code = 128 - code  # bubblewrap exits 128 + N when its child dies of signal N
         if code is None:
             self._kill(proc)
             how = "stopped answering and was killed"
@@ -206,7 +244,7 @@ class SimBoard:
         if self._proc is None:
             return None
         try:
-            status = Path(f"/proc/{self._proc.pid}/status").read_text()
+            status = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
             return None
         for line in status.splitlines():

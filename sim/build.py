@@ -3,6 +3,8 @@ content-addressed cache: the key covers the design's bytes and type, the SoC's
 configuration, the tool versions and our own gateware sources, so the same design
 never builds twice. Each build: elaborate (sandboxed child) → Verilog → Verilator
 model (cocotb's runner, in a child), with every line of output streamed to ``log``.
+Both steps run in the build sandbox (``sim.sandbox``): the elaboration sees only its
+scratch folder, the compile only the build's folder and the compiler cache.
 
 Layout under ``root``::
 
@@ -33,7 +35,7 @@ from typing import Any
 from hil.config import SIM_CONFIG, SoCConfig
 from hil.designfile import DesignLoadError, check
 from sim import sandbox
-from sim.sandbox import Limits
+from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
 from sim.toolchain import PROJECT_ROOT, Toolchain, ToolchainMissing, find
 
 LogFn = Callable[[str], None]
@@ -47,6 +49,16 @@ GATEWARE_SOURCES = (
     "sim/elaborate.py", "sim/verilate.py", "sim/build.py",
 )  # fmt: skip
 DEFAULT_TIMEOUT = 300.0
+#: The packages the build steps import from the project (all they see of it).
+CHILD_PACKAGES = (PROJECT_ROOT / "sim", PROJECT_ROOT / "hil")
+#: Step 1 runs the user's Python (LiteX alone: one thread, < 100 MB). At most
+#: processes x address space = 8 GiB in all. CPU seconds: the build's timeout + 5 (the
+#: wall clock is the real bound).
+ELABORATION_LIMITS = Limits(address_space=1 << 30, file_size=64 << 20, open_files=256,
+                            processes=8)  # fmt: skip
+#: Step 2 runs Verilator, make -j2 and g++ (cc1plus: ~330 MB) on the generated Verilog.
+COMPILE_LIMITS = Limits(address_space=1280 << 20, file_size=1 << 30, open_files=1024,
+                        processes=64)  # fmt: skip
 
 
 class BuildError(Exception):
@@ -110,15 +122,25 @@ class Builder:
         soc: SoCConfig = SIM_CONFIG,
         timeout: float = DEFAULT_TIMEOUT,
         limits: Limits | None = None,
+        elaboration_limits: Limits | None = None,
+        max_output: int = MAX_OUTPUT,
+        sandbox: Sandbox | None = None,
     ) -> None:
+        """``limits``: the compile step's (default ``COMPILE_LIMITS``), ``elaboration_limits``
+        the elaboration's (``ELABORATION_LIMITS``), both with ``timeout`` + 5 CPU seconds
+        unless given; ``max_output``: bytes of output a step may print before it is killed;
+        ``sandbox``: default from ``FPGALAB_SANDBOX``."""
         self.root = root
         self.builds = root / "builds"
         self.work = root / "work"
         self.ccache = root / "ccache"
         self.soc = soc
         self.timeout = timeout
-        # CPU seconds per process: the wall-clock timeout is the real bound.
-        self.limits = limits or Limits(cpu=int(timeout) + 5)
+        cpu = int(timeout) + 5
+        self.limits = limits or replace(COMPILE_LIMITS, cpu=cpu)
+        self.elaboration_limits = elaboration_limits or replace(ELABORATION_LIMITS, cpu=cpu)
+        self.max_output = max_output
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
 
     # Keys and lookups ---------------------------------------------------------------------------
 
@@ -203,6 +225,10 @@ class Builder:
 
     def _build(self, model: Model, filename: str | None, source: bytes | None, log: LogFn) -> None:
         tools = self.toolchain()
+        try:
+            self.sandbox.check()
+        except SandboxUnavailable as exc:
+            raise ToolchainError(str(exc)) from None
         started = time.monotonic()
         deadline = started + self.timeout
         user = filename is not None
@@ -220,19 +246,21 @@ class Builder:
             if design_name is not None and source is not None:
                 (work / design_name).write_bytes(source)
                 (src / design_name).write_bytes(source)
+            limits = self.elaboration_limits
             request = {
                 "design": design_name, "language": model.language, "config": self.soc.to_json(),
-                "ident": model.ident, "top": TOP, "out": "out",
-                "limits": replace(self.limits, address_space=min(self.limits.address_space,
-                                  2 << 30), file_size=64 << 20, open_files=256).to_json(),
+                "ident": model.ident, "top": TOP, "out": "out", "limits": limits.to_json(),
             }  # fmt: skip
             (work / "request.json").write_text(json.dumps(request))
-            log("sim: step 1/2: elaborate the SoC with LiteX (sandboxed)")
+            log(f"sim: step 1/2: elaborate the SoC with LiteX ({self.sandbox.describe()})")
             env = sandbox.clean_env({"PYTHONPATH": str(PROJECT_ROOT), "HOME": str(work),
                                      "TMPDIR": str(work / "tmp")})  # fmt: skip
+            jail = Confinement(writable=(work,), readable=CHILD_PACKAGES,
+                               processes=limits.processes)  # fmt: skip
             done = sandbox.run(
-                [tools.python, "-m", "sim.elaborate", "request.json"],
+                self._command([tools.python, "-m", "sim.elaborate", "request.json"], work, jail),
                 cwd=work, env=env, timeout=max(1.0, deadline - time.monotonic()), log=log,
+                max_output=self.max_output,
             )  # fmt: skip
             self._check_elaborated(done, work / "out" / "result.json", user)
             verilog = (work / "out" / f"{TOP}.v").read_text()
@@ -262,11 +290,15 @@ class Builder:
             log(line)
 
         env = sandbox.clean_env(tools.build_env(self.ccache, self.root), path=tools.build_path())
-        env["PYTHONPATH"] = str(PROJECT_ROOT)
-        env["TMPDIR"] = str(src)
+        env.update(PYTHONPATH=str(PROJECT_ROOT), TMPDIR=str(src), HOME=str(model.folder))
+        self.ccache.mkdir(parents=True, exist_ok=True)
+        jail = Confinement(writable=(model.folder, self.ccache), readable=CHILD_PACKAGES,
+                           processes=self.limits.processes)  # fmt: skip
         done = sandbox.run(
-            [tools.python, "-m", "sim.verilate", str(src / "verilate.json")],
+            self._command([tools.python, "-m", "sim.verilate", str(src / "verilate.json")],
+                          src, jail),
             cwd=src, env=env, timeout=max(1.0, deadline - time.monotonic()), log=tee,
+            max_output=self.max_output,
         )  # fmt: skip
         self._check_verilated(done, errors, model, src, user)
 
@@ -279,13 +311,19 @@ class Builder:
         (model.folder / "build.json").write_text(json.dumps(info, indent=2))
         log(f"sim: model built in {took:.1f} s")
 
+    def _command(self, cmd: list[str], cwd: Path, jail: Confinement) -> list[str]:
+        try:
+            return self.sandbox.command(cmd, cwd, jail)
+        except SandboxUnavailable as exc:
+            raise ToolchainError(str(exc)) from None
+
     # Failures -----------------------------------------------------------------------------------
 
     def _fail(self, user: bool, message: str) -> BuildError:
         return DesignBuildError(message) if user else ToolchainError(f"base SoC: {message}")
 
     def _check_elaborated(self, done: sandbox.Finished, result_file: Path, user: bool) -> None:
-        failure = _elaboration_failure(done, result_file, self.timeout)
+        failure = _elaboration_failure(done, result_file, self.timeout, self.max_output)
         if failure is not None:
             raise self._fail(user, failure)
 
@@ -294,6 +332,8 @@ class Builder:
     ) -> None:
         if done.timed_out:
             raise self._fail(user, f"the Verilator build took longer than {self.timeout:.0f} s")
+        if done.overflowed:
+            raise self._fail(user, overflow_message("the Verilator build", self.max_output))
         if done.returncode == 0 and model.executable.exists():
             return
         if errors:
@@ -321,10 +361,23 @@ def file_lock(path: Path, log: LogFn, waiting: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _elaboration_failure(done: sandbox.Finished, result_file: Path, timeout: float) -> str | None:
+#: What a signal that ends a build step says about its limits.
+LIMIT_SIGNALS = {"SIGKILL": " (a resource limit?)", "SIGXCPU": " (its CPU time limit)",
+                 "SIGXFSZ": " (a file grew past its size limit)"}  # fmt: skip
+
+
+def overflow_message(step: str, max_output: int) -> str:
+    return f"{step} printed more than {max_output / (1 << 20):g} MiB of output and was stopped"
+
+
+def _elaboration_failure(
+    done: sandbox.Finished, result_file: Path, timeout: float, max_output: int = MAX_OUTPUT
+) -> str | None:
     """Why the elaboration child failed (one line), or None if it succeeded."""
     if done.timed_out:
         return f"elaboration took longer than {timeout:.0f} s"
+    if done.overflowed:
+        return overflow_message("elaboration", max_output)
     try:
         result = json.loads(result_file.read_text())
     except (OSError, ValueError):
@@ -335,7 +388,7 @@ def _elaboration_failure(done: sandbox.Finished, result_file: Path, timeout: flo
         return str(result.get("error") or "the design does not elaborate")
     how = f"signal {done.signal_name}" if done.signal_name else f"status {done.returncode}"
     last = _last_error_line(done.tail)
-    limit = " (a resource limit?)" if done.signal_name in ("SIGKILL", "SIGXCPU") else ""
+    limit = LIMIT_SIGNALS.get(done.signal_name or "", "")
     return f"elaboration stopped with {how}{limit}" + (f": {last}" if last else "")
 
 

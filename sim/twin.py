@@ -23,10 +23,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import selectors
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +107,14 @@ class Twin:
         self._ended: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
-        self.xvc = XVCServer(host=host, port=xvc_port, on_bitstream=self._configure)
+        self.xvc = XVCServer(host=host, port=xvc_port, on_bitstream=self._load)
         self._relay = threading.Thread(target=self._serve, name=f"twin-{index}-uart", daemon=True)
+        # Simulators are started from this long-lived thread: the sandbox kills a process
+        # when the thread that started it ends (PR_SET_PDEATHSIG), and the XVC server
+        # calls its hook from a thread per load.
+        self._loads: queue.Queue[tuple[bytes, Future[bool]] | None] = queue.Queue()
+        self._loader = threading.Thread(target=self._load_loop, name=f"twin-{index}-load",
+                                        daemon=True)  # fmt: skip
         #: The SHA-256 of the bitstream the twin runs, None while unconfigured.
         self.running: str | None = None
 
@@ -115,6 +123,7 @@ class Twin:
     def start(self) -> TwinInfo:
         self.xvc.start()
         self._relay.start()
+        self._loader.start()
         return self.info
 
     @property
@@ -125,6 +134,9 @@ class Twin:
         self._closing = True
         self._wake()
         self.xvc.close()
+        self._loads.put(None)
+        if self._loader.is_alive():
+            self._loader.join(timeout=60)
         if self._relay.is_alive():
             self._relay.join(timeout=5)
         with self._lock:
@@ -144,7 +156,23 @@ class Twin:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, 9)
 
-    # Configuration (from the XVC server's thread) -----------------------------------------------
+    # Configuration ----------------------------------------------------------------------------
+
+    def _load(self, bitstream: bytes) -> bool:
+        """The XVC server's hook: configure from the loader thread, wait for the outcome."""
+        if self._closing:
+            return False
+        outcome: Future[bool] = Future()
+        self._loads.put((bitstream, outcome))
+        return outcome.result()
+
+    def _load_loop(self) -> None:
+        while (item := self._loads.get()) is not None:
+            bitstream, outcome = item
+            try:
+                outcome.set_result(self._configure(bitstream))
+            except Exception as exc:  # the hook's caller reports it; the twin goes on
+                outcome.set_exception(exc)
 
     def _configure(self, bitstream: bytes) -> bool:
         digest = hashlib.sha256(bitstream).hexdigest()
