@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from service import handlers
 from service.auth import KeyRing
-from service.routes import boards, health, jobs, sessions
+from service.bodylimit import MUTATING, BodyLimit
+from service.guard import MutationGuard
+from service.routes import audit, boards, health, jobs, sessions
 from service.settings import Settings
 from service.store import Store
 
@@ -25,6 +28,10 @@ and writes on it; reset or release it. Every call that touches hardware is a
 job: `202` and a `job_id` to poll at `/fpga/{fpga_id}/jobs/{job_id}`.
 
 Errors always have the shape `{"detail": {"error": CODE, "message": TEXT}}`.
+
+Calls that change something (POST, DELETE) are rate-limited per caller (`429
+rate_limited` with `Retry-After`), their bodies capped (`413`), and each one is
+recorded in an audit trail that admins read at `/audit`.
 """
 
 
@@ -54,6 +61,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = keyring
     handlers.install(app)
-    for module in (health, boards, jobs, sessions):
+    modules = (health, boards, jobs, sessions, audit)
+    mutating = [
+        route
+        for module in modules
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and (route.methods or set()) & MUTATING
+    ]
+    # the last added runs first: the guard sees (and audits) what the body limit refuses
+    app.add_middleware(BodyLimit)
+    app.add_middleware(MutationGuard, routes=mutating)
+    for module in modules:
         app.include_router(module.router)
     return app

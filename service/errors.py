@@ -4,6 +4,7 @@
     ├── ValidationFailed          422 validation_error
     ├── DesignRejected            422 unsupported_design | empty_design | design_not_text
     ├── DesignTooLarge            413 design_too_large
+    ├── RequestTooLarge           413 request_too_large
     ├── IdempotencyKeyReused      422 idempotency_key_reused
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
@@ -12,10 +13,12 @@
     ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
     │                                 | fpga_unavailable | job_not_complete
     │                                 | job_not_cancellable | session_renew_limit
+    ├── TooManyRequests           429 rate_limited | too_many_queued_jobs
     └── ServiceUnavailable        503 redis_unavailable
 
 Routes raise these; ``service.handlers`` renders each as
-``{"detail": {"error": code, "message": message}}``.
+``{"detail": {"error": code, "message": message}}``, with ``headers`` (``Retry-After``)
+when the error has any.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ class LabError(Exception):
     status: ClassVar[int] = 500
     codes: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         if code not in self.codes:  # a typo here would silently break the contract
             raise ValueError(f"{type(self).__name__} has no error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 class ValidationFailed(LabError):
@@ -48,6 +52,11 @@ class DesignRejected(LabError):
 class DesignTooLarge(LabError):
     status = 413
     codes = frozenset({"design_too_large"})
+
+
+class RequestTooLarge(LabError):
+    status = 413
+    codes = frozenset({"request_too_large"})
 
 
 class IdempotencyKeyReused(LabError):
@@ -85,6 +94,11 @@ class Conflict(LabError):
     )
 
 
+class TooManyRequests(LabError):
+    status = 429
+    codes = frozenset({"rate_limited", "too_many_queued_jobs"})
+
+
 class ServiceUnavailable(LabError):
     status = 503
     codes = frozenset({"redis_unavailable"})
@@ -94,11 +108,13 @@ ALL_ERRORS: tuple[type[LabError], ...] = (
     ValidationFailed,
     DesignRejected,
     DesignTooLarge,
+    RequestTooLarge,
     IdempotencyKeyReused,
     InvalidApiKey,
     Forbidden,
     NotFound,
     Conflict,
+    TooManyRequests,
     ServiceUnavailable,
 )
 

@@ -43,9 +43,16 @@ def _describe(loc: tuple[Any, ...], msg: str) -> str:
     return f"{where}: {msg}"
 
 
+def error_response(exc: LabError) -> JSONResponse:
+    """The response of a LabError: its shape, status and headers."""
+    return JSONResponse(
+        error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers or None
+    )
+
+
 async def lab_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LabError)
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    return error_response(exc)
 
 
 def _json_invalid(error: Any) -> str:
@@ -64,8 +71,19 @@ async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("validation_error", "; ".join(parts)), status_code=422)
 
 
+class CarriedLabError(StarletteHTTPException):
+    """A LabError raised where only an HTTPException gets through: from inside the
+    request body stream, which FastAPI reads (any other error there becomes a 400)."""
+
+    def __init__(self, error: LabError) -> None:
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
 async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, CarriedLabError):
+        return error_response(exc.error)
     if exc.status_code == 400:
         # only FastAPI/Starlette raise 400, for a body they cannot parse at all (not UTF-8,
         # broken multipart): the same 422 as a body that parses but does not validate
@@ -82,13 +100,17 @@ async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def redis_error_handler(_: Request, exc: Exception) -> JSONResponse:
+def redis_unavailable(exc: BaseException) -> JSONResponse:
     log.warning("redis unavailable: %s", type(exc).__name__)
     return JSONResponse(
         error_body("redis_unavailable", "The lab's state store (Redis) is unreachable; retry."),
         status_code=503,
         headers={"Retry-After": "1"},
     )
+
+
+async def redis_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    return redis_unavailable(exc)
 
 
 def install(app: FastAPI) -> None:
@@ -99,6 +121,17 @@ def install(app: FastAPI) -> None:
 
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
+
+#: What every mutating route (POST, DELETE) may also answer: a body over the limit,
+#: a caller over its rate (``service.guard``, ``service.bodylimit``).
+MUTATION_ERRORS = ("request_too_large", "rate_limited")
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "With rate_limited: whole seconds until the caller may try again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 
 def responses(*codes: str, text_route: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -121,7 +154,9 @@ def responses(*codes: str, text_route: bool = False) -> dict[int | str, dict[str
         if text_route
         else {"model": ErrorResponse}
     )
-    return {
-        status: {**error, "description": "Error codes: " + ", ".join(sorted(found))}
-        for status, found in sorted(by_status.items())
-    }
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status, found in sorted(by_status.items()):
+        documented[status] = {**error, "description": "Error codes: " + ", ".join(sorted(found))}
+        if status == 429:
+            documented[status]["headers"] = _RETRY_AFTER
+    return documented

@@ -10,6 +10,9 @@ fpgalab:job:{job_id}:log      stream log lines, field ``l``
 fpgalab:job:{job_id}:design   string the uploaded design bytes
 fpgalab:jobs:running          zset   job id -> start time, for lost-worker checks
 fpgalab:sessions:expiry       zset   fpga id -> session expiry time
+fpgalab:caller:{name}:queued  set    ids of the caller's queued jobs (per-caller limit)
+fpgalab:ratelimit:{name}      hash   the caller's token bucket: tokens, at (TTL: refill time)
+fpgalab:audit                 stream one entry per mutating call (capped, MAXLEN ~)
 fpgalab:worker:{wid}          string alive marker (TTL = heartbeat)
 fpgalab:idem:{caller}:{key}   string stored 202 answer of an idempotent request
 fpgalab:events                pubsub board and job changes
@@ -23,6 +26,7 @@ GROUP = "workers"
 RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
+AUDIT = f"{PREFIX}:audit"
 
 
 def board(fpga_id: int) -> str:
@@ -63,3 +67,11 @@ def worker(worker_id: str) -> str:
 
 def idempotency(caller: str, key: str) -> str:
     return f"{PREFIX}:idem:{caller}:{key}"
+
+
+def caller_queued(name: str) -> str:
+    return f"{PREFIX}:caller:{name}:queued"
+
+
+def rate_limit(name: str) -> str:
+    return f"{PREFIX}:ratelimit:{name}"

@@ -155,6 +155,38 @@ class RenewRequest(BaseModel):
     )
 
 
+class AuditEntry(BaseModel):
+    """One mutating call, as the audit trail keeps it."""
+
+    id: str = Field(description="The entry's id; pass it as `before` for the next page.")
+    at: datetime = Field(description="When the call was answered (the Redis server's clock).")
+    caller: str | None = Field(None, description="Who called; null for an unknown key.")
+    method: str
+    path: str
+    action: str | None = Field(None, description="The route's name, e.g. `submit`.")
+    fpga_id: int | None = None
+    job_id: str | None = None
+    status: int = Field(description="The status code answered.")
+    error: str | None = Field(None, description="The error code of a refusal.")
+
+
+def audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
+    """An audit stream entry as the API shows it ('' fields are null)."""
+    fpga_id = fields.get("fpga_id", "")
+    return AuditEntry(
+        id=entry_id,
+        at=iso(int(entry_id.split("-", 1)[0]) / 1000),  # type: ignore[arg-type]
+        caller=fields.get("caller") or None,
+        method=fields.get("method", ""),
+        path=fields.get("path", ""),
+        action=fields.get("action") or None,
+        fpga_id=int(fpga_id) if fpga_id.isdigit() else None,
+        job_id=fields.get("job_id") or None,
+        status=int(fields.get("status") or 0),
+        error=fields.get("error") or None,
+    )
+
+
 def job_response(record: dict[str, Any]) -> JobResponse:
     """A job hash from Redis as the API shows it."""
     return JobResponse(

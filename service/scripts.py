@@ -19,7 +19,9 @@ from service.errors import lab_error
 from service.states import transitions_json
 
 #: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
-RAW_REPLIES = frozenset({"claim", "boards"})
+RAW_REPLIES = frozenset({"claim", "boards", "ratelimit"})
+#: Scripts that touch only the keys they are given: no prelude needed.
+STANDALONE = frozenset({"claim", "ratelimit"})
 
 NAMES = (
     "submit",
@@ -33,6 +35,7 @@ NAMES = (
     "health",
     "claim",
     "boards",
+    "ratelimit",
 )
 
 
@@ -40,7 +43,7 @@ NAMES = (
 def source(name: str) -> str:
     folder = Path(__file__).parent / "scripts"
     body = (folder / f"{name}.lua").read_text()
-    if name == "claim":  # touches only its own key: no prelude needed
+    if name in STANDALONE:
         return body
     lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
     return lib + "\n" + body

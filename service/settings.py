@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
 
     #: ``name=key[:admin]`` entries, comma-separated. Empty (and no file): open lab.
-    api_keys: str = ""
+    #: Left out of the settings' repr, so that logging the settings never shows a key.
+    api_keys: str = Field(default="", repr=False)
     #: A file of the same entries, one per line; ``#`` starts a comment.
     api_keys_file: Path | None = None
 
@@ -42,6 +43,19 @@ class Settings(BaseSettings):
     max_transfer_words: int = Field(default=65536, gt=0)
     #: Most log lines kept per job (older ones are trimmed).
     max_log_lines: int = Field(default=100_000, gt=0)
+    #: Largest request body of a JSON route (bytes); a bigger one is refused unread.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    #: Most jobs waiting in one board's queue (run jobs, in practice).
+    max_queued_per_board: int = Field(default=100, gt=0)
+    #: Most jobs one caller may have waiting over all boards.
+    max_queued_per_caller: int = Field(default=200, gt=0)
+
+    #: Mutating calls (POST, DELETE) a caller may make per second, sustained; 0: no limit.
+    rate_limit: float = Field(default=10.0, ge=0)
+    #: Mutating calls a caller may make at once after a quiet spell (the bucket's size).
+    rate_limit_burst: int = Field(default=50, gt=0)
+    #: Audit records kept (the Redis Stream is trimmed to about this many).
+    audit_max_entries: int = Field(default=100_000, gt=0)
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"

@@ -2,7 +2,9 @@
 
 Reads are plain (pipelined) commands; every change that could race goes through
 one of the Lua scripts in ``service/scripts``. The API and the workers share this
-class; it is the only module that knows the key layout.
+class; it and the two helpers it holds (``audit``, the audit trail, and
+``rate_limiter``, the callers' token buckets) are the only modules that use the key
+layout of ``service.keys``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from service import keys
+from service.audit import AuditLog
+from service.ratelimit import RateLimiter
 from service.scripts import Scripts
 from service.settings import Settings
 from service.states import BOARD_IDS
@@ -47,6 +51,8 @@ class Store:
         self.redis: Any = redis
         self.settings = settings
         self.scripts = Scripts(redis)
+        self.audit = AuditLog(self.redis, settings.audit_max_entries)
+        self.rate_limiter = RateLimiter(self.scripts, settings)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> Store:
@@ -94,8 +100,9 @@ class Store:
         return [fields["l"] for _, fields in entries]
 
     async def memory_map(self, fpga_id: int) -> tuple[str, str | None, str | None]:
-        """(board state, session owner, csr.json or None), in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+        """(board state, session owner, csr.json or None), in one round trip, read
+        atomically (MULTI): the map is never another session's than the owner read."""
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hmget(keys.board(fpga_id), ["state", "session_owner"])
         pipe.get(keys.memory_map(fpga_id))
         (state, owner), found = await pipe.execute()
@@ -128,16 +135,17 @@ class Store:
         return await self.scripts.call(
             "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
             s.session_max_lifetime, filename, design, design_sha256,
-            idem, fingerprint, s.idempotency_ttl,
+            idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
         )  # fmt: skip
 
     async def run(
         self, fpga_id: int, actor: Actor, request: str, idempotency_key: str | None = None
     ) -> dict[str, Any]:
+        s = self.settings
         idem, fingerprint = self._idempotency(actor, idempotency_key, "run", fpga_id, request)
         return await self.scripts.call(
             "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
-            idem, fingerprint, self.settings.idempotency_ttl,
+            idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
         )  # fmt: skip
 
     async def reset(self, fpga_id: int, actor: Actor, mode: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from service.deps import (
     StoreDep,
 )
 from service.errors import DesignRejected, DesignTooLarge, Forbidden, NotFound, ValidationFailed
-from service.handlers import responses
+from service.handlers import MUTATION_ERRORS, responses
 from service.models import (
     FPGASummary,
     JobAccepted,
@@ -30,6 +30,8 @@ from service.models import (
 router = APIRouter(prefix="/fpga", tags=["fpga"])
 
 DESIGN_SUFFIXES = (".py", ".v", ".sv")
+#: Longest design file name (it shows in job records and build logs).
+MAX_FILENAME = 255
 
 
 @router.get("", response_model=list[FPGASummary], responses=responses())
@@ -49,8 +51,9 @@ async def get_fpga(fpga_id: FpgaId, store: StoreDep, _: CallerDep) -> FPGASummar
     responses=responses("memory_map_unknown", "not_session_owner"),
 )
 async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Response:
-    """The LiteX ``csr.json`` of the SoC on the board now: the base SoC, or the
-    session's build (then only its owner or an admin may read it)."""
+    """The LiteX ``csr.json`` of the SoC on the board now: the base SoC, public (the
+    lab's published SoC, the same on every board), or the session's build (a user's
+    design: only its owner or an admin may read it)."""
     state, owner, found = await store.memory_map(fpga_id)
     if owner is not None and owner != caller.name and not caller.admin:
         raise Forbidden("not_session_owner", f"FPGA {fpga_id} holds another caller's design.")
@@ -69,7 +72,8 @@ async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Res
     response_model=JobAccepted,
     responses=responses(
         "fpga_not_idle", "fpga_unavailable", "design_too_large", "unsupported_design",
-        "empty_design", "design_not_text", "idempotency_key_reused",
+        "empty_design", "design_not_text", "idempotency_key_reused", "rate_limited",
+        "too_many_queued_jobs",
     ),
 )  # fmt: skip
 async def submit(
@@ -85,7 +89,15 @@ async def submit(
     if not filename.lower().endswith(DESIGN_SUFFIXES):
         raise DesignRejected(
             "unsupported_design",
-            f"file {filename or '(unnamed)'!r}: a design must be a .py, .v or .sv file.",
+            f"file {filename[:MAX_FILENAME] or '(unnamed)'!r}: a design must be a .py, .v "
+            "or .sv file.",
+        )
+    if len(filename) > MAX_FILENAME or not filename.isprintable():
+        # a name is echoed into job records and build logs: no forged log lines
+        raise DesignRejected(
+            "unsupported_design",
+            f"file {filename[:MAX_FILENAME]!r}: a design's file name must be printable "
+            f"(no control characters) and at most {MAX_FILENAME} characters.",
         )
     raw = await file.read(settings.max_upload_bytes + 1)
     if len(raw) > settings.max_upload_bytes:
@@ -113,9 +125,10 @@ async def submit(
     status_code=202,
     response_model=JobAccepted,
     responses=responses(
-        "fpga_not_reserved", "not_session_owner", "session_mismatch", "idempotency_key_reused"
+        "fpga_not_reserved", "not_session_owner", "session_mismatch", "idempotency_key_reused",
+        "too_many_queued_jobs", *MUTATION_ERRORS,
     ),
-)
+)  # fmt: skip
 async def run(
     fpga_id: FpgaId,
     request: RunRequest,
@@ -140,7 +153,9 @@ async def run(
     "/{fpga_id}/reset",
     status_code=202,
     response_model=JobAccepted,
-    responses=responses("fpga_not_resettable", "not_session_owner", "session_mismatch"),
+    responses=responses(
+        "fpga_not_resettable", "not_session_owner", "session_mismatch", *MUTATION_ERRORS
+    ),
 )
 async def reset(fpga_id: FpgaId, store: StoreDep, actor: ActorDep) -> JobAccepted:
     """Reflash the base SoC and free the board; closes the session."""
@@ -150,7 +165,7 @@ async def reset(fpga_id: FpgaId, store: StoreDep, actor: ActorDep) -> JobAccepte
 @router.post(
     "/{fpga_id}/maintenance",
     response_model=FPGASummary,
-    responses=responses("admin_required"),
+    responses=responses("admin_required", *MUTATION_ERRORS),
 )
 async def maintenance(
     fpga_id: FpgaId,
@@ -164,7 +179,11 @@ async def maintenance(
     return await get_fpga(fpga_id, store, admin)
 
 
-@router.post("/{fpga_id}/online", response_model=FPGASummary, responses=responses("admin_required"))
+@router.post(
+    "/{fpga_id}/online",
+    response_model=FPGASummary,
+    responses=responses("admin_required", *MUTATION_ERRORS),
+)
 async def online(fpga_id: FpgaId, store: StoreDep, admin: AdminDep) -> FPGASummary:
     """Bring a board out of maintenance (admin): its health becomes good."""
     await store.set_health(fpga_id, "online", "good", f"brought online by {admin.name}")

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 from service.auth import Caller
 from service.deps import CallerDep, FpgaId, JobId, StoreDep
 from service.errors import Conflict, Forbidden, NotFound
-from service.handlers import responses
+from service.handlers import MUTATION_ERRORS, responses
 from service.models import JobResponse, RunResult, job_response
 from service.states import JobStatus
 from service.store import Actor, Store
@@ -82,7 +82,9 @@ async def get_result(
     "/{job_id}",
     status_code=204,
     response_class=Response,
-    responses=responses("job_not_found", "job_not_cancellable", "not_session_owner"),
+    responses=responses(
+        "job_not_found", "job_not_cancellable", "not_session_owner", *MUTATION_ERRORS
+    ),
 )
 async def cancel_job(
     fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep

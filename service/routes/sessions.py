@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 
 from service.deps import ActorDep, CallerDep, FpgaId, SettingsDep, StoreDep
 from service.errors import NotFound
-from service.handlers import responses
+from service.handlers import MUTATION_ERRORS, responses
 from service.models import JobAccepted, RenewRequest, SessionResponse, session_info
 
 router = APIRouter(prefix="/fpga/{fpga_id}/session", tags=["sessions"])
@@ -32,7 +32,11 @@ async def get_session(fpga_id: FpgaId, store: StoreDep, _: CallerDep) -> Session
     status_code=202,
     response_model=JobAccepted,
     responses=responses(
-        "no_active_session", "fpga_not_resettable", "not_session_owner", "session_mismatch"
+        "no_active_session",
+        "fpga_not_resettable",
+        "not_session_owner",
+        "session_mismatch",
+        *MUTATION_ERRORS,
     ),
 )
 async def release(fpga_id: FpgaId, store: StoreDep, actor: ActorDep) -> JobAccepted:
@@ -44,7 +48,11 @@ async def release(fpga_id: FpgaId, store: StoreDep, actor: ActorDep) -> JobAccep
     "/renew",
     response_model=SessionResponse,
     responses=responses(
-        "no_active_session", "session_renew_limit", "not_session_owner", "session_mismatch"
+        "no_active_session",
+        "session_renew_limit",
+        "not_session_owner",
+        "session_mismatch",
+        *MUTATION_ERRORS,
     ),
 )
 async def renew(

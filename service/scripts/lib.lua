@@ -14,6 +14,7 @@ local function queued_key(id) return P .. ':board:' .. id .. ':queued' end
 local function job_key(id) return P .. ':job:' .. id end
 local function log_key(id) return P .. ':job:' .. id .. ':log' end
 local function design_key(id) return P .. ':job:' .. id .. ':design' end
+local function caller_queued_key(name) return P .. ':caller:' .. name .. ':queued' end
 local RUNNING = P .. ':jobs:running'
 local EXPIRY = P .. ':sessions:expiry'
 local EVENTS = P .. ':events'
@@ -86,6 +87,7 @@ local function new_job(job_id, id, jtype, owner, session_id, t, extra)
   local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
   redis.call('HSET', k, 'entry_id', entry)
   redis.call('SADD', queued_key(id), job_id)
+  redis.call('SADD', caller_queued_key(owner), job_id)
   publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'queued'})
   return {job_id = job_id, fpga_id = tonumber(id), status = 'queued'}
 end
@@ -104,10 +106,44 @@ local function finish_keys(job_id, retention)
   redis.call('EXPIRE', design_key(job_id), retention)
 end
 
+-- A job leaves the queue (taken, failed or cancelled): out of the board's and owner's sets.
+local function unqueue(job_id, id)
+  redis.call('SREM', queued_key(id), job_id)
+  local owner = hget(job_key(job_id), 'owner')
+  if owner then redis.call('SREM', caller_queued_key(owner), job_id) end
+end
+
+-- Jobs in a queue set. Only when the set has reached `limit` are its members checked,
+-- and those no longer queued (a record expired or lost) dropped: the limit is never
+-- applied on a stale count, and the common case costs one SCARD.
+local function count_queued(set_key, limit)
+  local n = redis.call('SCARD', set_key)
+  if n < limit then return n end
+  for _, member in ipairs(redis.call('SMEMBERS', set_key)) do
+    if hget(job_key(member), 'status') ~= 'queued' then redis.call('SREM', set_key, member) end
+  end
+  return redis.call('SCARD', set_key)
+end
+
+-- The queue limits for a new job of `caller` on board `id`: nil, or an error reply.
+local function queue_full(id, caller, per_board, per_caller)
+  local n = count_queued(queued_key(id), per_board)
+  if n >= per_board then
+    return fail('too_many_queued_jobs', 'FPGA ' .. id .. ' already has ' .. n ..
+      ' jobs queued, its limit; wait for some to finish.')
+  end
+  n = count_queued(caller_queued_key(caller), per_caller)
+  if n >= per_caller then
+    return fail('too_many_queued_jobs', caller .. ' already has ' .. n ..
+      ' jobs queued, the limit per caller; wait for some to finish or cancel some.')
+  end
+  return nil
+end
+
 local function cancel_job(job_id, id, reason, t, retention)
   local k = job_key(job_id)
   redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
-  redis.call('SREM', queued_key(id), job_id)
+  unqueue(job_id, id)
   drop_entry(id, hget(k, 'entry_id'))
   finish_keys(job_id, retention)
   publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'cancelled'})

@@ -1,10 +1,12 @@
 -- Open a session on an idle, healthy board and queue its build_and_program job.
 -- ARGV: fpga_id job_id owner session_id session_ttl max_lifetime
 --       filename design design_sha256 idem_key fingerprint idem_ttl
+--       max_queued_per_board max_queued_per_caller
 local id, job_id, owner, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, max_life = tonumber(ARGV[5]), tonumber(ARGV[6])
 local filename, design, sha = ARGV[7], ARGV[8], ARGV[9]
 local idem_key, fingerprint, idem_ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
+local per_board, per_caller = tonumber(ARGV[13]), tonumber(ARGV[14])
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then return replay end
@@ -21,6 +23,8 @@ if health ~= 'good' then
   if reason and reason ~= '' then why = why .. ' (' .. reason .. ')' end
   return fail('fpga_unavailable', why .. '.')
 end
+local full = queue_full(id, owner, per_board, per_caller)
+if full then return full end
 
 local t = now()
 local expires, max_expires = t + ttl, t + max_life

@@ -27,14 +27,14 @@ if state ~= expected[jtype] then
   -- e.g. runs queued behind a run that faulted the board
   redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
     'error', 'FPGA ' .. id .. ' is ' .. state .. ' and can no longer run this job.')
-  redis.call('SREM', queued_key(id), job_id)
+  unqueue(job_id, id)
   drop_entry(id, entry)
   finish_keys(job_id, retention)
   publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
   return ok({skip = 'board is ' .. state})
 end
 redis.call('HSET', k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
-redis.call('SREM', queued_key(id), job_id)
+unqueue(job_id, id)
 redis.call('ZADD', RUNNING, t, job_id)
 if jtype == 'build_and_program' then transition(id, 'build_start', t) end
 redis.call('HSET', board_key(id), 'current_job_id', job_id)
