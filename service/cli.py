@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -90,18 +91,39 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         store = Store.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", settings)
-        worker = Worker(store, backend, boards)
         loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        worker: Worker | None = None
+
+        def stop() -> None:
+            stopping.set()
+            if worker is not None:
+                worker.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
+        # A worker restarted after a crash finds its boards leased to its dead self until
+        # those leases lapse: it waits that long before it gives up on them.
+        patience = settings.worker_heartbeat_ttl + 1
+        deadline = loop.time() + patience
+        warned = False
         try:
-            await worker.run()
-        except BoardTaken as exc:
-            log.error("%s", exc)
-            return 3
+            while True:
+                worker = Worker(store, backend, boards)
+                try:
+                    await worker.run()
+                    return 0
+                except BoardTaken as exc:
+                    if stopping.is_set() or loop.time() >= deadline:
+                        log.error("%s", exc)
+                        return 3
+                    if not warned:
+                        log.warning("%s; waiting up to %.0f s for them to lapse", exc, patience)
+                        warned = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
         finally:
             await store.close()
-        return 0
 
     try:
         return asyncio.run(main())

@@ -5,6 +5,10 @@ group ``workers``), so a board runs one job at a time and boards run in
 parallel; backend calls block, so they run in a thread pool sized for the boards.
 Beside them: a heartbeat (this worker is alive, and holds its boards' leases) and
 housekeeping (expired sessions are reset; jobs of dead workers are failed).
+
+Redis may go away at any time (a restart, a network cut): every loop retries, a
+job that ends meanwhile keeps its outcome and log lines until they can be written,
+and no worker is judged dead by a heartbeat that lapsed while Redis was away.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ MAX_LINE = 4096
 LOG_FLUSH = 0.1
 #: How long one queue read blocks; bounds how fast a stop is noticed.
 BLOCK_MS = 1000
+#: Seconds between attempts to write a job's end while Redis is away.
+RETRY_DELAY = 0.5
+#: Heartbeat lifetimes a worker waits, once Redis answers again after an outage, before
+#: it judges other workers by their heartbeats (theirs lapsed while nobody could renew).
+OUTAGE_GRACE_TTLS = 2
 
 
 class BoardTaken(RuntimeError):
@@ -64,11 +73,15 @@ class Outcome:
 
 
 class JobLog:
-    """A log callback that backend threads may call; lines reach Redis in batches."""
+    """A log callback that backend threads may call; lines reach Redis in batches.
+
+    Lines that cannot be written (Redis away) are kept, the newest ``limit`` of them,
+    for the next flush."""
 
     def __init__(self, store: Store, job_id: str) -> None:
         self._store = store
         self._job_id = job_id
+        self._limit = store.settings.max_log_lines
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -78,11 +91,20 @@ class JobLog:
         lines = [line[:MAX_LINE] for line in str(text).splitlines()] or [""]
         with self._lock:
             self._lines.extend(lines)
+            del self._lines[: -self._limit]
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Write the lines buffered so far; on a Redis error they stay buffered."""
         with self._lock:
             lines, self._lines = self._lines, []
-        await self._store.append_logs(self._job_id, lines)
+        try:
+            await self._store.append_logs(self._job_id, lines)
+        except BaseException:
+            # not (all) written: keep them, oldest first; a resend may repeat a few lines
+            with self._lock:
+                self._lines[:0] = lines
+                del self._lines[: -self._limit]
+            raise
 
     async def _pump(self) -> None:
         # a flag as well as cancel(): on Python 3.11, asyncio.wait_for (inside redis-py)
@@ -90,18 +112,20 @@ class JobLog:
         while not self._closed:
             await asyncio.sleep(LOG_FLUSH)
             with contextlib.suppress(RedisError):
-                await self._flush()
+                await self.flush()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump())
 
     async def close(self) -> None:
+        """Stop the pump and flush; what Redis does not take now waits for ``flush()``."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush()
+        with contextlib.suppress(RedisError):
+            await self.flush()
 
 
 class Worker:
@@ -122,6 +146,7 @@ class Worker:
         self._last_health: dict[int, float] = {}
         self._busy: set[int] = set()  # boards with a job in hand
         self._lost: set[int] = set()  # boards another worker took over
+        self._in_hand: set[str] = set()  # jobs being taken or run, until their end is written
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -189,12 +214,20 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def _housekeeping_loop(self) -> None:
+        grace = OUTAGE_GRACE_TTLS * self.settings.worker_heartbeat_ttl
+        outage, judge_from = False, 0.0
         while not self._stopping.is_set():
             try:
                 await self._expire_sessions()
-                await self._fail_lost_jobs()
+                if outage:
+                    # Redis is back: every worker's heartbeat may have lapsed meanwhile
+                    # (or been lost with a restart); give them time to renew it
+                    outage, judge_from = False, time.monotonic() + grace
+                if time.monotonic() >= judge_from:
+                    await self._fail_lost_jobs()
             except RedisError as exc:
                 log.warning("housekeeping failed: %s", exc)
+                outage = True
             await asyncio.sleep(self.settings.housekeeping_interval)
 
     async def _expire_sessions(self) -> None:
@@ -211,9 +244,13 @@ class Worker:
         alive = await self.store.alive_workers(owners)
         alive.add(self.id)  # alive by definition, even if Redis lost our heartbeat key
         for job_id, owner in running:
-            if owner in alive:
+            if owner == self.id and job_id not in self._in_hand and not self._stopping.is_set():
+                # our take went through but its reply was lost with the connection
+                message = f"worker {owner} lost this job: Redis failed as it was taken"
+            elif owner in alive:
                 continue
-            message = f"worker {owner} was lost while running this job"
+            else:
+                message = f"worker {owner} was lost while running this job"
             reply = await self.store.mark_lost(job_id, owner or "", message)
             if reply.get("lost"):
                 log.warning("job %s on board %s failed: %s", job_id, reply["fpga_id"], message)
@@ -261,9 +298,9 @@ class Worker:
             return  # a user's design is on it; it is checked after the next reset
         self._last_health[board] = time.monotonic()
         health, reason = await self._check_health(board)
-        await self.store.set_health(board, "check", health, reason)
-        if health is Health.GOOD:
+        if health is Health.GOOD:  # published first: a board shown good has its map
             await self._save_memory_map(board)
+        await self.store.set_health(board, "check", health, reason)
 
     async def _save_memory_map(self, board: int) -> None:
         """Publish the memory map of what is on the board now (served by the API)."""
@@ -284,6 +321,13 @@ class Worker:
         return Health.BAD, f"health check failed: {report.detail}"
 
     async def _handle(self, board: int, entry_id: str, job_id: str) -> None:
+        self._in_hand.add(job_id)  # before the take: housekeeping must not judge it meanwhile
+        try:
+            await self._take_and_run(board, entry_id, job_id)
+        finally:
+            self._in_hand.discard(job_id)
+
+    async def _take_and_run(self, board: int, entry_id: str, job_id: str) -> None:
         job = await self.store.take(board, job_id, self.id, entry_id)
         if job is None:
             return
@@ -301,14 +345,33 @@ class Worker:
             )  # fmt: skip
         finally:
             await joblog.close()
-        reply = await self.store.finish(
-            job_id, self.id, outcome.status, outcome.event or "", outcome.error, outcome.result,
-            outcome.health or "", outcome.health_reason,
-        )  # fmt: skip
-        if reply.get("stale"):
-            log.warning("job %s finished after it was declared lost; outcome dropped", job_id)
+        await self._record(job_id, outcome, joblog)
         if outcome.health:  # the job just checked the board
             self._last_health[board] = time.monotonic()
+
+    async def _record(self, job_id: str, outcome: Outcome, joblog: JobLog) -> None:
+        """Write the job's last log lines and its end, however long Redis is away: only
+        this worker knows the outcome, and nobody fails the job of a live worker."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await joblog.flush()
+                reply = await self.store.finish(
+                    job_id, self.id, outcome.status, outcome.event or "", outcome.error,
+                    outcome.result, outcome.health or "", outcome.health_reason,
+                )  # fmt: skip
+                break
+            except RedisError as exc:
+                if attempts == 1:
+                    log.warning("job %s: cannot record its end yet, retrying: %s", job_id, exc)
+                await asyncio.sleep(RETRY_DELAY)
+        if reply.get("stale") and attempts == 1:
+            log.warning("job %s finished after it was declared lost; outcome dropped", job_id)
+        elif reply.get("stale"):  # the attempt that failed may have gone through
+            log.warning("job %s: its end was already recorded, or it was declared lost", job_id)
+        elif attempts > 1:
+            log.info("job %s: its end is recorded now that Redis answers", job_id)
 
     async def _execute(self, board: int, job: dict[str, str], joblog: JobLog) -> Outcome:
         kind = JobType(job["type"])

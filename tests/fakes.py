@@ -15,6 +15,9 @@ calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
 only on those boards); a held call sets ``held`` and waits until the test sets
 ``resume`` (at most ``HOLD_TIMEOUT`` seconds, then it raises BackendUnavailable).
 ``close()`` opens the gate and resumes every held call.
+
+``FileHeldFakeBackend`` holds the same calls (and builds) in a worker in another
+process: the test steers it through files in the backend's ``data_dir``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from backends import (
@@ -145,3 +149,57 @@ class FakeBackend:
     def close(self) -> None:
         self.gate.set()
         self.resume.set()
+
+
+#: Files in a ``FileHeldFakeBackend``'s ``data_dir`` that steer it from another process.
+HOLD_FILE = "hold"  # written by the test: lines ``op`` or ``op board`` to hold
+HELD_FILE = "held"  # written by the backend: ``op board`` of the call it holds now
+RESUME_FILE = "resume"  # created by the test: every held call goes on
+
+
+class FileHeldFakeBackend(FakeBackend):
+    """FakeBackend (a test double) whose holds are steered through files, for a worker in
+    another process (``--backend tests.fakes:FileHeldFakeBackend``), where no test can
+    set ``hold`` or ``resume``.
+
+    A ``build``, ``program``, ``transact`` or ``reset`` call named in ``data_dir/hold``
+    (``op``, or ``op board`` for one board; builds have no board: ``build``) writes
+    ``data_dir/held`` and waits until ``data_dir/resume`` exists (at most
+    ``HOLD_TIMEOUT`` seconds, then it raises BackendUnavailable). The folder is the one a
+    worker makes every backend with (``service.cli.backend_options``)."""
+
+    name = "fake-held-by-files"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        folder = options.get("data_dir")
+        if folder is None:
+            raise BackendUnavailable("FileHeldFakeBackend needs a data_dir for its hold files")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _file_hold(self, op: str, board: int | None) -> None:
+        try:
+            wanted = (self.folder / HOLD_FILE).read_text().split("\n")
+        except FileNotFoundError:
+            return
+        here = f"{op} {'-' if board is None else board}"
+        if op not in wanted and here not in wanted:
+            return
+        scratch = self.folder / f"{HELD_FILE}.tmp"
+        scratch.write_text(here)
+        scratch.replace(self.folder / HELD_FILE)  # atomic: a reader never sees half of it
+        deadline = time.monotonic() + HOLD_TIMEOUT
+        while not (self.folder / RESUME_FILE).exists() and not self.resume.is_set():
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"fake: the test never resumed {here}")
+            time.sleep(0.02)
+
+    def _hold(self, op: str, board: int) -> None:
+        self._file_hold(op, board)
+        super()._hold(op, board)
+
+    def build(self, design: Design, log: LogFn) -> Build:
+        log(f"fake: build of {design.filename} started")
+        self._file_hold("build", None)
+        return super().build(design, log)

@@ -1,15 +1,18 @@
-"""Shared test helpers: a real redis-server, polling, and API shortcuts."""
+"""Shared test helpers: a real redis-server, ``fpgalab`` processes, polling, and API
+shortcuts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,12 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to write anything more to its AOF."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
 
 
@@ -201,3 +210,69 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert body["detail"]["error"] == code, body
     assert isinstance(body["detail"]["message"], str) and body["detail"]["message"]
     return body["detail"]  # type: ignore[no-any-return]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CliProcess:
+    """``python -m service.cli ARGS`` as a real process, run from the repository (so that
+    ``tests.*`` backends import), without the caller's ``FPGALAB_*`` environment; its
+    output goes to ``log``."""
+
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.log = log
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FPGALAB_")}
+        self.env.pop("XDG_DATA_HOME", None)
+        self.env.update(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CliProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *self.args],
+                cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None, "not started"
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None, "not started"
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def stop(self) -> None:
+        """Kill it if it still runs (teardown)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+
+
+async def wait_http(url: str, timeout: float = 30.0, proc: CliProcess | None = None) -> None:
+    """Wait until ``url`` answers 200 (an API process has started)."""
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as c:
+
+        async def up() -> bool:
+            if proc is not None and not proc.running():
+                raise AssertionError(f"{proc.args} exited:\n{proc.output()}")
+            try:
+                return (await c.get(url)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_for(up, timeout, interval=0.05)
