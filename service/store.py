@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service import keys
@@ -62,6 +65,10 @@ class Store:
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=5,
+            # A connection that sat idle while Redis restarted fails once, before the
+            # command reaches the new server: one retry on a new connection, so the
+            # first request after an outage is answered instead of getting a 503.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
         )
         return cls(redis, settings)
 
