@@ -73,6 +73,8 @@ def _boards(args: argparse.Namespace, settings: Settings) -> list[int]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
     from backends import UnknownBackend, get_backend
     from backends.base import BackendUnavailable
     from service.store import Store
@@ -107,6 +109,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         patience = settings.worker_heartbeat_ttl + 1
         deadline = loop.time() + patience
         warned = False
+        # A worker that cannot reach Redis as it starts (a lab host up before Redis, or
+        # Redis restarting) waits for it: it must not leave its boards without a worker.
+        redis_warned_at: float | None = None
         try:
             while True:
                 worker = Worker(store, backend, boards)
@@ -120,6 +125,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     if not warned:
                         log.warning("%s; waiting up to %.0f s for them to lapse", exc, patience)
                         warned = True
+                except RedisError as exc:
+                    if stopping.is_set():
+                        return 1
+                    if redis_warned_at is None or loop.time() - redis_warned_at > 10:
+                        log.warning("Redis does not answer (%s); the worker waits for it", exc)
+                        redis_warned_at = loop.time()
+                    # leases it may have taken before the outage are its own, under the
+                    # id of this attempt: give them time to lapse once Redis is back
+                    deadline = loop.time() + patience
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 0.5)
         finally:

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -309,7 +309,21 @@ class Worker:
         except Exception as exc:  # a map we cannot read must not fail the job
             log.warning("board %d: no memory map: %s", board, exc)
             found = None
-        await self.store.set_memory_map(board, json.dumps(found) if found is not None else None)
+        text = json.dumps(found) if found is not None else None
+        await self._patiently(f"board {board}: memory map", self.store.set_memory_map, board, text)
+
+    async def _patiently(self, what: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``call``, again every RETRY_DELAY while Redis is away: in the middle of a job
+        the board's work is done or under way, and an outage must not fail it."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await call(*args)
+            except RedisError as exc:
+                if attempts == 1:
+                    log.warning("%s: Redis is away, retrying: %s", what, exc)
+                await asyncio.sleep(RETRY_DELAY)
 
     async def _check_health(self, board: int) -> tuple[Health, str]:
         try:
@@ -386,7 +400,9 @@ class Worker:
             return _failure(kind, exc)
 
     async def _build_and_program(self, board: int, job: dict[str, str], joblog: JobLog) -> Outcome:
-        source = await self.store.design(job["job_id"])
+        source = await self._patiently(
+            f"job {job['job_id']}: design", self.store.design, job["job_id"]
+        )
         if source is None:
             return Outcome(JobStatus.FAILED, Event.BUILD_FAIL, "the uploaded design has expired")
         design = Design(job.get("filename", "design"), source.encode())

@@ -160,11 +160,13 @@ async def wait_holder(store: Store, boards: list[int], worker: HeldWorker) -> st
     return await wait_for(held, timeout=JOB_TIMEOUT)  # type: ignore[no-any-return]
 
 
-async def wait_logged(process: CliProcess, text: str) -> None:
+async def wait_logged(process: CliProcess, *texts: str) -> None:
+    """Wait until the process has logged one of ``texts``."""
+
     async def logged() -> bool:
         if not process.running():
             raise AssertionError(f"{process.args} exited:\n{process.output()}")
-        return text in process.output()
+        return any(text in process.output() for text in texts)
 
     await wait_for(logged, timeout=JOB_TIMEOUT)
 
@@ -416,6 +418,70 @@ async def test_redis_restart_loses_no_job_and_everything_reconnects_by_itself(
         server.stop()
         if restarted is not None:
             restarted.stop()
+
+
+@pytest.mark.parametrize("held", ["program", "reset"])
+async def test_a_job_that_needs_redis_in_its_middle_waits_out_an_outage(
+    held: str, tmp_path: Path, processes: StartProcess, spawn_worker: SpawnWorker
+) -> None:
+    """A program and a reset publish the board's memory map once the board is loaded:
+    Redis away at that moment delays the job, it does not fail it."""
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    restarted: RedisServer | None = None
+    store = Store.from_url(server.url, Settings(redis_url=server.url))
+    port = free_port()
+    try:
+        await start_api(processes, server.url, port)
+        worker = spawn_worker("3", server.url)
+        await wait_serving(store, worker, [3])
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False
+        ) as c:
+            created: set[str] = set()
+            if held == "reset":
+                created.add((await reserve(c, 3))["job_id"])
+            worker.hold(f"{held} 3")
+            r = await (c.post("/fpga/3/reset") if held == "reset" else submit(c, 3))
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            created.add(job_id)
+            await worker.wait_held(f"{held} 3")
+
+            server.stop()
+            worker.resume()  # the board is loaded; the map cannot be published
+            # the worker meets the outage: it waits (or, were it careless, fails the job)
+            await wait_logged(worker.process, "Redis is away", "crashed the worker's handler")
+            restarted = RedisServer(server.folder, appendonly=True, port=server.port).start()
+
+            done = await wait_job(c, 3, job_id, timeout=JOB_TIMEOUT)
+            assert (done["status"], done["error"]) == ("complete", None), done
+            row = await board(c, 3)
+            state = "idle" if held == "reset" else "reserved"
+            assert (row["state"], row["health"]) == (state, "good"), row
+            assert (await c.get("/fpga/3/memory-map")).status_code == 200
+        await assert_nothing_lost(store, created)
+    finally:
+        await store.close()
+        server.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+async def test_a_worker_started_before_redis_waits_for_it(
+    tmp_path: Path, spawn_worker: SpawnWorker
+) -> None:
+    """A worker that cannot reach Redis as it starts (a lab host booted first, or Redis
+    restarting just then) waits for it, saying so, and serves its boards once it answers."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)  # not started yet
+    worker = spawn_worker("4", server.url)
+    await wait_logged(worker.process, "Redis does not answer")
+    server.start()
+    store = Store.from_url(server.url, Settings(redis_url=server.url))
+    try:
+        await wait_serving(store, worker, [4])
+    finally:
+        await store.close()
+        server.stop()
 
 
 # -- the API restarted ------------------------------------------------------------------
