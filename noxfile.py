@@ -66,3 +66,12 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/sim_lab.py")
     session.run("python", "benches/hw_lab.py")
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The simulated lab under many clients while simulators, the worker, Redis and the
+    API are killed at random: 1 min without faults, then 10 with them (pass arguments
+    after --, e.g. ``-- --minutes 2``). Fails if a job is lost or an answer is wrong."""
+    session.install("-e", ".[test]")
+    session.run("python", "benches/soak.py", *session.posargs)

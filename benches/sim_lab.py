@@ -231,12 +231,16 @@ class Lab:
         raise SystemExit(f"the lab was not healthy within {timeout} s")
 
     def simulator_pids(self) -> list[int]:
-        """The worker's children that run a simulator (the model binary, ``lab_soc``)."""
-        worker = self.procs["worker"].pid
-        found = []
-        for task in Path(f"/proc/{worker}/task").iterdir():
+        """The worker's descendants that run a simulator (the model binary, ``lab_soc``;
+        under the sandbox's bwrap processes, not the worker's children)."""
+        found, todo = [], [self.procs["worker"].pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
             with contextlib.suppress(OSError):
-                found += [int(p) for p in (task / "children").read_text().split()]
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        todo += [int(p) for p in (task / "children").read_text().split()]
         return sorted(p for p in found if _comm(p) == "lab_soc")
 
     def stop(self) -> None:

@@ -1,14 +1,16 @@
 """A bounded soak of the simulated lab: many clients doing the full cycle on all ten
 boards while faults are injected at random; prints what happened to every job.
 
-    .venv/bin/python benches/soak.py [--minutes 10] [--clients 12] [--seed 1]
+    .venv/bin/python benches/soak.py [--minutes 10] [--baseline-minutes 1]
+                                     [--clients 12] [--seed 1]
                                      [--fault-every 20] [--rss-growth-mib 64]
 
 Starts its own ``redis-server`` (AOF on), ``fpgalab api`` and ``fpgalab worker``
 (sim backend, boards 0-9), as ``benches/sim_lab.py`` does. Each client loops: pick a
 board, submit a design (``accumulator.py`` or ``.v``), wait for the build, run writes
-and reads that check the design computes (A + B), release. Every ``--fault-every``
-seconds (± 50 %) one fault, chosen at random:
+and reads that check the design computes (A + B), release. The first
+``--baseline-minutes`` run without faults (the baseline); then, for ``--minutes``,
+every ``--fault-every`` seconds (± 50 %) one fault, chosen at random:
 
 - ``simulator``: SIGKILL one board's simulator (a board process dies mid-whatever);
 - ``worker``: SIGKILL the worker, start a new one (it adopts the dead one's jobs);
@@ -18,9 +20,10 @@ seconds (± 50 %) one fault, chosen at random:
 At the end the clients stop submitting, every job the lab accepted (a ``202``) is
 followed to its end, and the report prints: jobs done, jobs failed by cause, jobs
 **lost** (accepted but never finished, or gone: must be 0), p50/p99 job latency
-(accepted → finished) per type, wrong answers (must be 0), and the RSS of each
-process at start and end, checked against ``--rss-growth-mib`` (exit status 1 if any
-job is lost, any answer is wrong or any process grew beyond the bound).
+(accepted -> finished) per type beside the baseline's (and their ratio), wrong
+answers (must be 0), and the RSS of each process at start and end, checked against
+``--rss-growth-mib`` (exit status 1 if any job is lost, any answer is wrong or any
+process grew beyond the bound).
 """
 
 from __future__ import annotations
@@ -291,9 +294,18 @@ def classify(error: str | None) -> str:
     return f"other: {(error or '')[:80]}"
 
 
+def latencies(jobs: list[Job]) -> tuple[int, float, float]:
+    """(n, p50, p99) of accepted -> finished, in seconds, of the jobs that finished."""
+    spans = sorted(j.finished - j.accepted for j in jobs if j.finished is not None)
+    if not spans:
+        return 0, 0.0, 0.0
+    return len(spans), statistics.median(spans), spans[min(len(spans) - 1, int(0.99 * len(spans)))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=10.0, help="with faults")
+    parser.add_argument("--baseline-minutes", type=float, default=1.0, help="without faults")
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds, on average")
     parser.add_argument("--seed", type=int, default=1)
@@ -326,11 +338,14 @@ def soak(lab: SoakLab, args: argparse.Namespace) -> int:
     clients = [Client(n, lab.port, ledger, stop, args.seed * 1000 + n) for n in range(args.clients)]
     faults = Faults(lab, args.fault_every, stop, args.seed)
     started = time.monotonic()
-    print(f"soak: {args.clients} clients, a fault every ~{args.fault_every:g} s, "
-          f"{args.minutes:g} min", flush=True)  # fmt: skip
+    print(f"soak: {args.clients} clients; {args.baseline_minutes:g} min without faults, "
+          f"then {args.minutes:g} min with a fault every ~{args.fault_every:g} s",
+          flush=True)  # fmt: skip
     for client in clients:
         client.start()
-    faults.run(until=started + args.minutes * 60)
+    stop.wait(args.baseline_minutes * 60)
+    faulty = time.monotonic()  # jobs accepted from here on meet the faults
+    faults.run(until=faulty + args.minutes * 60)
     stop.set()
     for client in clients:
         client.join(timeout=600)
@@ -350,12 +365,16 @@ def soak(lab: SoakLab, args: argparse.Namespace) -> int:
     jobs = list(ledger.jobs.values())
     by_status = collections.Counter(job.status for job in jobs)
     causes = collections.Counter(classify(job.error) for job in jobs if job.status == "failed")
+    calm = [j for j in jobs if j.accepted < faulty]
+    calm_failed = collections.Counter(classify(j.error) for j in calm if j.status == "failed")
     print(f"\nsoak of {took / 60:.1f} min: {sum(c.cycles for c in clients)} full cycles by "
           f"{args.clients} clients; faults injected: {dict(faults.done)}")  # fmt: skip
     print(f"jobs accepted {len(jobs)}: complete {by_status['complete']}, failed "
           f"{by_status['failed']}, cancelled {by_status['cancelled']}")  # fmt: skip
     for cause, n in causes.most_common():
         print(f"  failed: {n:5d}  {cause}")
+    print(f"  of which in the baseline (no faults yet): {len(calm)} accepted, failed "
+          f"{sum(calm_failed.values())} {dict(calm_failed) or ''}")  # fmt: skip
     print(f"jobs lost: {len(lost)}")
     for line in lost[:20]:
         print(f"  {line}")
@@ -363,12 +382,14 @@ def soak(lab: SoakLab, args: argparse.Namespace) -> int:
     for line in ledger.wrong[:10]:
         print(f"  {line}")
     print(f"refused at the door (not jobs): {dict(ledger.refused.most_common(8))}")
-    print("job latency, accepted -> finished (s):   n      p50      p99")
+    print("job latency, accepted -> finished (s): baseline n  p50  p99 | with faults n  p50  p99"
+          " | p99 ratio")  # fmt: skip
     for kind in ("build_and_program", "run", "reset"):
-        spans = [j.finished - j.accepted for j in jobs if j.type == kind and j.finished]
-        if spans:
-            p99 = sorted(spans)[min(len(spans) - 1, int(0.99 * len(spans)))]
-            print(f"  {kind:<18} {len(spans):12d} {statistics.median(spans):8.3f} {p99:8.3f}")
+        base = latencies([j for j in calm if j.type == kind])
+        hit = latencies([j for j in jobs if j.type == kind and j.accepted >= faulty])
+        ratio = f"x{hit[2] / base[2]:.2f}" if base[0] and hit[0] else "-"
+        print(f"  {kind:<18} {base[0]:7d} {base[1]:7.3f} {base[2]:7.3f} | "
+              f"{hit[0]:7d} {hit[1]:7.3f} {hit[2]:7.3f} | {ratio}")  # fmt: skip
     grew = []
     print(f"RSS, MiB:                    start      end   (bound: +{args.rss_growth_mib:g})")
     for name in rss_start:
