@@ -4,6 +4,7 @@ boards while faults are injected at random; prints what happened to every job.
     .venv/bin/python benches/soak.py [--minutes 10] [--baseline-minutes 1]
                                      [--clients 12] [--seed 1]
                                      [--fault-every 20] [--rss-growth-mib 64]
+                                     [--faults simulator,simulator,worker,redis,api]
 
 Starts its own ``redis-server`` (AOF on), ``fpgalab api`` and ``fpgalab worker``
 (sim backend, boards 0-9), as ``benches/sim_lab.py`` does. Each client loops: pick a
@@ -51,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_lab import EXAMPLES, REPO, Api, Lab, _comm, rss_bytes
 
 FINAL = ("complete", "failed", "cancelled")
+#: Seconds the clients get to end their cycles once the soak stops, and the jobs still
+#: unfinished then get to end: a cold build takes ~10 s, a worker's lease wait 16 s.
+DRAIN_SECONDS = 120.0
 USER = 0x2000_0000
 DESIGNS = {name: (EXAMPLES / name).read_bytes() for name in ("accumulator.py", "accumulator.v")}
 
@@ -188,8 +192,10 @@ class Faults:
     """Injected from the main thread: processes started with a parent-death signal die
     with the *thread* that started them (prctl), so no other thread may restart them."""
 
-    def __init__(self, lab: SoakLab, every: float, stop: threading.Event, seed: int) -> None:
-        self.lab, self.every, self.stop_event = lab, every, stop
+    def __init__(
+        self, lab: SoakLab, every: float, stop: threading.Event, seed: int, kinds: list[str]
+    ) -> None:
+        self.lab, self.every, self.stop_event, self.kinds = lab, every, stop, kinds
         self.random = random.Random(seed)
         self.done: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()  # the report's RSS reads must not race a restart
@@ -201,7 +207,7 @@ class Faults:
                 time.sleep(max(0.0, until - time.monotonic()))
                 return
             time.sleep(pause)
-            kind = self.random.choice(["simulator", "simulator", "worker", "redis", "api"])
+            kind = self.random.choice(self.kinds)
             with self.lock:
                 try:
                     injected = getattr(self, kind)()
@@ -309,8 +315,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds, on average")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--faults", default="simulator,simulator,worker,redis,api",
+        help="the faults to draw from (a kind named twice is drawn twice as often); "
+        "without worker and api, their RSS at the end is that of the processes at the start",
+    )  # fmt: skip
     parser.add_argument("--rss-growth-mib", type=float, default=64.0)
     args = parser.parse_args()
+    unknown = set(args.faults.split(",")) - {"simulator", "worker", "redis", "api"}
+    if unknown:
+        parser.error(f"--faults: unknown kinds {sorted(unknown)}")
 
     with tempfile.TemporaryDirectory(prefix="fpgalab-soak-") as tmp:
         lab = SoakLab(Path(tmp))
@@ -336,7 +350,7 @@ def soak(lab: SoakLab, args: argparse.Namespace) -> int:
     rss_start = lab.rss()
     ledger, stop = Ledger(), threading.Event()
     clients = [Client(n, lab.port, ledger, stop, args.seed * 1000 + n) for n in range(args.clients)]
-    faults = Faults(lab, args.fault_every, stop, args.seed)
+    faults = Faults(lab, args.fault_every, stop, args.seed, args.faults.split(","))
     started = time.monotonic()
     print(f"soak: {args.clients} clients; {args.baseline_minutes:g} min without faults, "
           f"then {args.minutes:g} min with a fault every ~{args.fault_every:g} s",
@@ -347,16 +361,19 @@ def soak(lab: SoakLab, args: argparse.Namespace) -> int:
     faulty = time.monotonic()  # jobs accepted from here on meet the faults
     faults.run(until=faulty + args.minutes * 60)
     stop.set()
+    drain = time.monotonic() + DRAIN_SECONDS  # clients finish the cycle they are in
     for client in clients:
-        client.join(timeout=600)
+        client.join(timeout=max(0.0, drain - time.monotonic()))
     took = time.monotonic() - started
 
     # Every accepted job to its end (the clients followed theirs; look again at all).
     follower = Client(-1, lab.port, ledger, threading.Event(), 0)
     lost = []
+    deadline = time.monotonic() + DRAIN_SECONDS  # a job not finished by then is stuck: lost
     for job in list(ledger.jobs.values()):
         if job.status is None:
-            record = follower.finish(follower.api(), job.board, job.job_id, timeout=120)
+            left = max(0.0, deadline - time.monotonic())
+            record = follower.finish(follower.api(), job.board, job.job_id, timeout=left)
             if record["status"] not in FINAL:
                 lost.append(f"{job.type} {job.job_id} on board {job.board}: {record['status']}")
     with faults.lock:
