@@ -205,16 +205,19 @@ class Store:
         sids = await pipe.execute()
         return [(int(d), sid or "") for d, sid in zip(due, sids, strict=True)]
 
-    async def running_jobs(self) -> list[tuple[str, str | None]]:
-        """(job id, worker id) of every running job."""
-        ids = await self.redis.zrange(keys.RUNNING, 0, -1)
-        if not ids:
+    async def running_jobs(self) -> list[tuple[str, str | None, float]]:
+        """(job id, worker id, seconds since it was taken, by Redis's clock) of every
+        running job."""
+        taken = await self.redis.zrange(keys.RUNNING, 0, -1, withscores=True)
+        if not taken:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
+        pipe.time()
+        for job_id, _ in taken:
             pipe.hget(keys.job(job_id), "worker")
-        workers = await pipe.execute()
-        return list(zip(ids, workers, strict=True))
+        (seconds, micros), *workers = await pipe.execute()
+        now = seconds + micros / 1e6
+        return [(i, w, now - t) for (i, t), w in zip(taken, workers, strict=True)]
 
     async def alive_workers(self, worker_ids: Sequence[str]) -> set[str]:
         if not worker_ids:

@@ -53,6 +53,9 @@ LOG_FLUSH = 0.1
 BLOCK_MS = 1000
 #: Seconds between attempts to write a job's end while Redis is away.
 RETRY_DELAY = 0.5
+#: Heartbeat TTLs a job may stay taken by this worker without it in hand (a take whose
+#: reply was lost) before it is failed as lost: the board's loop takes it again sooner.
+RETAKE_WITHIN = 3
 #: Heartbeat lifetimes a worker waits, once Redis answers again after an outage, before
 #: it judges other workers by their heartbeats (theirs lapsed while nobody could renew).
 OUTAGE_GRACE_TTLS = 2
@@ -240,12 +243,17 @@ class Worker:
 
     async def _fail_lost_jobs(self) -> None:
         running = await self.store.running_jobs()
-        owners = sorted({w for _, w in running if w})
+        owners = sorted({w for _, w, _ in running if w})
         alive = await self.store.alive_workers(owners)
         alive.add(self.id)  # alive by definition, even if Redis lost our heartbeat key
-        for job_id, owner in running:
+        patience = RETAKE_WITHIN * self.settings.worker_heartbeat_ttl
+        for job_id, owner, age in running:
             if owner == self.id and job_id not in self._in_hand and not self._stopping.is_set():
-                # our take went through but its reply was lost with the connection
+                # Our take went through but its reply was lost with the connection. The
+                # board's loop reads its pending entries again (at once after a Redis
+                # error, else every heartbeat TTL) and takes the job again: give it time.
+                if age < patience:
+                    continue
                 message = f"worker {owner} lost this job: Redis failed as it was taken"
             elif owner in alive:
                 continue

@@ -28,7 +28,7 @@ import pytest
 from service import keys
 from service.cli import backend_options
 from service.settings import Settings
-from service.store import Store
+from service.store import LeaseLost, Store
 from tests.conftest import WorkerFactory
 from tests.fakes import HELD_FILE, HOLD_FILE, RESUME_FILE, FakeBackend
 from tests.helpers import (
@@ -304,12 +304,12 @@ async def test_worker_killed_mid_job_fails_that_job_and_the_next_worker_runs_the
     await assert_nothing_lost(store, created)
 
 
-async def test_a_take_whose_answer_redis_lost_fails_that_job_instead_of_leaving_it_running(
+async def test_a_take_whose_answer_redis_lost_is_taken_again_and_run(
     client: httpx.AsyncClient, store: Store, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
     """A job a worker's take marked running, but whose answer the worker never got (the
-    connection failed just then), is failed by that worker's housekeeping as lost, not
-    left running for ever; the board goes to error, and a reset heals it."""
+    connection failed just then), is taken again by that worker when it reads its
+    pending entries again, and runs: neither failed nor left running for ever."""
     worker = await start_worker([4])
     created = {(await reserve(client, 4))["job_id"]}
     backend.hold.add("transact")
@@ -322,10 +322,41 @@ async def test_a_take_whose_answer_redis_lost_fails_that_job_instead_of_leaving_
     [(entry, read_id)] = await store.next_entries(4, worker.id, 100)
     assert read_id == second
     assert await store.take(4, second, worker.id, entry) is not None
+    assert (await job(client, 4, second))["status"] == "running"
+    with pytest.raises(LeaseLost):  # nobody else may take it: the board is this worker's
+        await store.take(4, second, "somebody-else", entry)
+    backend.hold.discard("transact")
     backend.resume.set()
 
     assert (await wait_job(client, 4, first))["status"] == "complete"
-    lost = await wait_job(client, 4, second)
+    done = await wait_job(client, 4, second)
+    assert (done["status"], done["error"]) == ("complete", None), done
+    assert (await store.job(second))["worker"] == worker.id
+    assert (await result(client, 4, second))["data"] == [1]
+    assert (await board(client, 4))["state"] == "reserved"
+    await assert_nothing_lost(store, created)
+
+
+async def test_a_take_whose_answer_redis_lost_and_is_never_taken_again_fails_as_lost(
+    client: httpx.AsyncClient, store: Store, start_worker: WorkerFactory, backend: FakeBackend
+) -> None:
+    """If the worker does not take such a job again within 3 heartbeat TTLs (here: the
+    entry is gone from its pending list), its housekeeping fails it as lost rather than
+    leave it running for ever; the board goes to error, and a reset heals it."""
+    worker = await start_worker([4])
+    created = {(await reserve(client, 4))["job_id"]}
+    backend.hold.add("transact")
+    first = await post_run(client, 4, {"op": 1, "address": 0x10, "data": [1]})
+    await wait_set(backend.held)
+    second = await post_run(client, 4, {"op": 2, "address": 0x10})
+    created.update([first, second])
+    [(entry, _)] = await store.next_entries(4, worker.id, 100)
+    assert await store.take(4, second, worker.id, entry) is not None
+    await store.redis.xack(keys.queue(4), keys.GROUP, entry)  # nothing left to read again
+    backend.resume.set()
+
+    assert (await wait_job(client, 4, first))["status"] == "complete"
+    lost = await wait_job(client, 4, second, timeout=JOB_TIMEOUT)
     message = f"worker {worker.id} lost this job: Redis failed as it was taken"
     assert (lost["status"], lost["error"]) == ("failed", message), lost
     b = await board(client, 4)

@@ -15,6 +15,10 @@ elseif holder ~= wid then
   return ok({skip = 'lease lost'})
 end
 local status = hget(k, 'status')
+if status == 'running' and hget(k, 'worker') == wid then
+  -- this worker took it already and lost the answer with its connection: it asks again
+  return ok({job = redis.call('HGETALL', k)})
+end
 if status ~= 'queued' then
   drop_entry(id, entry)
   return ok({skip = 'job is ' .. (status or 'gone')})
