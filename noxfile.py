@@ -61,11 +61,13 @@ def typing(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """API latency/throughput beside a bare FastAPI endpoint, then the simulated lab
     (builds, reads, bulk words/s, memory) beside its raw baselines, then the hardware
-    backend against a twin beside the simulated backend and UARTBone's ceilings."""
+    backend against a twin beside the simulated backend and UARTBone's ceilings, then
+    the build sandbox beside the same steps unsandboxed."""
     session.install("-e", ".[test]")
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/sim_lab.py")
     session.run("python", "benches/hw_lab.py")
+    session.run("python", "benches/sandbox.py")
 
 
 @nox.session(python=PYTHON)
