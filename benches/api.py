@@ -16,7 +16,14 @@ Starts its own ``redis-server`` (free port, temporary folder, AOF on as in
 It measures requests/s and p50/p99 latency of ``GET /fpga``, ``GET /fpga/{id}``
 and a full cycle (submit -> poll until reserved -> run (write) -> poll -> result ->
 reset -> poll until idle), each printed beside the bare endpoint measured in the
-same run, with the ratio. Every process it starts is stopped before it exits.
+same run, with the ratio.
+
+Then the guard of mutating calls (rate limit + audit), which the open lab's callers
+(admins) skip in part: two more API processes with an API key for a non-admin caller,
+one rate-limited (a bucket too big to ever refuse, so every call pays for the check)
+and one with ``FPGALAB_RATE_LIMIT=0``; ``POST /fpga/{id}/session/renew`` on a board
+that caller holds, on each, side by side, and the ratio. Every process it starts is
+stopped before it exits.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ HOST = "127.0.0.1"
 AIM_RATIO = 0.60
 AIM_P50_MS = 2.0
 DESIGN = b"# bench design\nDesign = None\n"
+#: The non-admin caller of the guard rows.
+BENCH_KEY = "bench-user-key"
 BOUNDARY = "fpgalabbenchboundary"
 
 
@@ -128,7 +137,11 @@ def role_lab(args: argparse.Namespace) -> None:
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings(redis_url=args.redis_url, api_keys="", api_keys_file=None)
+    keys = f"user={BENCH_KEY},ops=bench-admin-key:admin" if args.keyed else ""
+    settings = Settings(
+        redis_url=args.redis_url, api_keys=keys, api_keys_file=None,
+        rate_limit=args.rate_limit, rate_limit_burst=1_000_000_000,
+    )  # fmt: skip
     serve(create_app(settings), args.port)
 
 
@@ -164,8 +177,9 @@ def role_worker(args: argparse.Namespace) -> None:
 class HttpConnection:
     """One keep-alive HTTP/1.1 connection: a request, then its whole response."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: str = "") -> None:
         self.port = port
+        self.headers = headers  # extra header lines, each ending in CRLF
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -182,7 +196,7 @@ class HttpConnection:
         self, method: str, path: str, body: bytes = b"", content_type: str = ""
     ) -> tuple[int, bytes]:
         assert self.reader is not None and self.writer is not None
-        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n{self.headers}"
         if content_type:
             head += f"Content-Type: {content_type}\r\n"
         if body or method in ("POST", "PUT"):
@@ -247,12 +261,14 @@ async def timed(
     return status, body
 
 
-async def get_loop(conn: HttpConnection, rec: Recorder, paths: Sequence[str], offset: int) -> None:
+async def get_loop(
+    conn: HttpConnection, rec: Recorder, paths: Sequence[str], offset: int, method: str = "GET"
+) -> None:
     i = offset
     while rec.go_on():
-        status, body = await timed(conn, rec, "GET", paths[i % len(paths)])
+        status, body = await timed(conn, rec, method, paths[i % len(paths)])
         if status != 200:
-            rec.errors.append(f"GET {paths[i % len(paths)]}: {status} {body[:200]!r}")
+            rec.errors.append(f"{method} {paths[i % len(paths)]}: {status} {body[:200]!r}")
             return
         i += 1
 
@@ -312,7 +328,8 @@ async def cycle_loop(conn: HttpConnection, rec: Recorder, board: int, poll: floa
 
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
-    conns = [HttpConnection(args.port) for _ in range(args.concurrency)]
+    headers = f"X-API-Key: {BENCH_KEY}\r\n" if args.keyed else ""
+    conns = [HttpConnection(args.port, headers) for _ in range(args.concurrency)]
     for c in conns:
         await c.open()
     now = time.perf_counter()
@@ -320,6 +337,9 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.mode == "cycle":
             tasks = [cycle_loop(c, rec, board, args.poll) for board, c in enumerate(conns)]
+        elif args.mode == "post":  # one board (path) per connection
+            pairs = zip(args.paths, conns, strict=True)
+            tasks = [get_loop(c, rec, [path], 0, "POST") for path, c in pairs]
         else:
             tasks = [get_loop(c, rec, args.paths, i) for i, c in enumerate(conns)]
         await asyncio.wait_for(asyncio.gather(*tasks), args.warmup + args.seconds + 30)
@@ -401,9 +421,12 @@ class Processes:
                 proc.wait()
 
 
-def run_load(port: int, args: argparse.Namespace, mode: str, *paths: str) -> dict[str, Any]:
+def run_load(
+    port: int, args: argparse.Namespace, mode: str, *paths: str, keyed: bool = False
+) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "_load", "--port", str(port), "--mode", mode,
+        *(["--keyed"] if keyed else []),
         "--seconds", str(args.seconds), "--warmup", str(args.warmup),
         "--concurrency", str(args.concurrency), "--poll", str(args.poll),
         "--max-requests", str(args.max_requests),
@@ -442,18 +465,45 @@ def mean(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: (a[k] + b[k]) / 2 for k in ("rps", "p50_ms", "p99_ms")}
 
 
-def line(name: str, lab: dict[str, Any], bare: dict[str, Any]) -> str:
+def line(
+    name: str, lab: dict[str, Any], bare: dict[str, Any], what: str = "", against: str = "bare"
+) -> str:
     ratio = lab["rps"] / bare["rps"]
     return (
-        f"{name:<16} {lab['rps']:>8,.0f} req/s  p50 {lab['p50_ms']:5.2f} ms  "
-        f"p99 {lab['p99_ms']:5.2f} ms | bare: {bare['rps']:>8,.0f} req/s  "
-        f"p50 {bare['p50_ms']:5.2f} ms  p99 {bare['p99_ms']:5.2f} ms | ratio {ratio:.2f}"
+        f"{name:<16} {what + ': ' if what else ''}{lab['rps']:>8,.0f} req/s  "
+        f"p50 {lab['p50_ms']:5.2f} ms  p99 {lab['p99_ms']:5.2f} ms | {against}: "
+        f"{bare['rps']:>8,.0f} req/s  p50 {bare['p50_ms']:5.2f} ms  "
+        f"p99 {bare['p99_ms']:5.2f} ms | ratio {ratio:.2f}"
     )
 
 
+def guard_rows(ports: dict[str, int], args: argparse.Namespace) -> tuple[dict[str, Any], ...]:
+    """POST renew as a non-admin caller: (rate-limited, not), each the mean of two runs
+    interleaved with the other's."""
+    import httpx
+
+    boards = list(range(args.concurrency))
+    with httpx.Client(base_url=f"http://{HOST}:{ports['limited']}", timeout=10,
+                      headers={"X-API-Key": BENCH_KEY}) as c:  # fmt: skip
+        for board in boards:  # a session of the bench's caller on each board
+            r = c.post(f"/fpga/{board}/submit", files={"file": ("design.py", DESIGN)})
+            r.raise_for_status()
+        deadline = time.monotonic() + 30
+        while not all(c.get(f"/fpga/{b}").json()["state"] == "reserved" for b in boards):
+            if time.monotonic() > deadline:
+                raise SystemExit("guard rows: the boards were not reserved within 30 s")
+            time.sleep(0.05)
+    paths = [f"/fpga/{b}/session/renew" for b in boards]
+    runs: dict[str, list[dict[str, Any]]] = {"limited": [], "unlimited": []}
+    for name in ("unlimited", "limited", "limited", "unlimited"):
+        runs[name].append(run_load(ports[name], args, "post", *paths, keyed=True))
+    return mean(*runs["limited"]), mean(*runs["unlimited"])
+
+
 @contextlib.contextmanager
-def lab_processes(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
-    """Redis, the lab API, its worker and the bare app; (lab port, bare port)."""
+def lab_processes(args: argparse.Namespace) -> Iterator[dict[str, int]]:
+    """Redis, the lab API (open; and keyed: rate-limited, unlimited), its worker and the
+    bare app; their ports by name."""
     from service.redisproc import PrivateRedis, free_port
 
     with tempfile.TemporaryDirectory(prefix="fpgalab-bench-") as tmp:
@@ -461,16 +511,21 @@ def lab_processes(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
         procs = Processes(Path(tmp))
         try:
             redis.start()
-            lab_port, bare_port = free_port(), free_port()
+            ports = {name: free_port() for name in ("lab", "bare", "limited", "unlimited")}
             procs.start("worker", "_worker", "--redis-url", redis.url)
-            procs.start("lab", "_lab", "--port", str(lab_port), "--redis-url", redis.url)
-            procs.start("bare", "_bare", "--port", str(bare_port))
-            wait_http(procs, bare_port, "/items")
+            procs.start("lab", "_lab", "--port", str(ports["lab"]), "--redis-url", redis.url)
+            procs.start("bare", "_bare", "--port", str(ports["bare"]))
+            for name, rate in (("limited", "1e9"), ("unlimited", "0")):
+                procs.start(name, "_lab", "--port", str(ports[name]), "--redis-url", redis.url,
+                            "--keyed", "--rate-limit", rate)  # fmt: skip
+            wait_http(procs, ports["bare"], "/items")
             wait_http(
-                procs, lab_port, "/fpga",
+                procs, ports["lab"], "/fpga",
                 ready=lambda boards: all(b["health"] == "good" for b in boards),
             )  # fmt: skip
-            yield lab_port, bare_port
+            for name in ("limited", "unlimited"):
+                wait_http(procs, ports[name], "/health")
+            yield ports
             procs.check()
         finally:
             procs.stop()
@@ -493,13 +548,14 @@ def main(args: argparse.Namespace) -> int:
         ("cycle requests", "cycle", ()),
     ]
     results: dict[str, dict[str, Any]] = {}
-    with lab_processes(args) as (lab_port, bare_port):
+    with lab_processes(args) as ports:
         # bare before and after every row: each row is compared with its neighbours,
         # so that a slow spell on a shared machine weighs on both sides alike
-        bares = [run_load(bare_port, args, "get", "/items")]
+        bares = [run_load(ports["bare"], args, "get", "/items")]
         for name, mode, paths in rows:
-            results[name] = run_load(lab_port, args, mode, *paths)
-            bares.append(run_load(bare_port, args, "get", "/items"))
+            results[name] = run_load(ports["lab"], args, mode, *paths)
+            bares.append(run_load(ports["bare"], args, "get", "/items"))
+        guard = guard_rows(ports, args)
     for k, (name, _, _) in enumerate(rows):
         print(line(name, results[name], mean(bares[k], bares[k + 1])))
     cycle = results["cycle requests"]
@@ -508,6 +564,8 @@ def main(args: argparse.Namespace) -> int:
         f"cycle p50 {cycle['cycle_p50_ms']:.1f} ms  p99 {cycle['cycle_p99_ms']:.1f} ms  "
         f"(submit, poll, run, poll, result, reset, poll; polls every {1000 * args.poll:g} ms)"
     )
+    limited, unlimited = guard
+    print(line("POST renew", limited, unlimited, "rate limit + audit", "audit only"))
     low, high = min(b["rps"] for b in bares), max(b["rps"] for b in bares)
     print(f"bare measured {len(bares)} times: {low:,.0f} to {high:,.0f} req/s (run-to-run noise)")
     fpga = results["GET /fpga"]
@@ -539,6 +597,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="get", help=argparse.SUPPRESS)
+    parser.add_argument("--keyed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rate-limit", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.concurrency <= 10:
         parser.error("--concurrency: 1 to 10 (the cycle uses one board per connection)")
