@@ -51,7 +51,7 @@ MAX_LINE = 4096
 LOG_FLUSH = 0.1
 #: How long one queue read blocks; bounds how fast a stop is noticed.
 BLOCK_MS = 1000
-#: Seconds between attempts to write a job's end while Redis is away.
+#: Seconds between attempts at a job's Redis calls while Redis is away.
 RETRY_DELAY = 0.5
 #: Heartbeat TTLs a job may stay taken by this worker without it in hand (a take whose
 #: reply was lost) before it is failed as lost: the board's loop takes it again sooner.
@@ -375,19 +375,17 @@ class Worker:
         """Write the job's last log lines and its end, however long Redis is away: only
         this worker knows the outcome, and nobody fails the job of a live worker."""
         attempts = 0
-        while True:
+
+        async def write() -> dict[str, Any]:
+            nonlocal attempts
             attempts += 1
-            try:
-                await joblog.flush()
-                reply = await self.store.finish(
-                    job_id, self.id, outcome.status, outcome.event or "", outcome.error,
-                    outcome.result, outcome.health or "", outcome.health_reason,
-                )  # fmt: skip
-                break
-            except RedisError as exc:
-                if attempts == 1:
-                    log.warning("job %s: cannot record its end yet, retrying: %s", job_id, exc)
-                await asyncio.sleep(RETRY_DELAY)
+            await joblog.flush()
+            return await self.store.finish(
+                job_id, self.id, outcome.status, outcome.event or "", outcome.error,
+                outcome.result, outcome.health or "", outcome.health_reason,
+            )  # fmt: skip
+
+        reply = await self._patiently(f"job {job_id}: its end", write)
         if reply.get("stale") and attempts == 1:
             log.warning("job %s finished after it was declared lost; outcome dropped", job_id)
         elif reply.get("stale"):  # the attempt that failed may have gone through
