@@ -69,6 +69,15 @@ def from_bytes(raw: bytes) -> list[int]:
     return words.tolist()
 
 
+def _exited(pid: int) -> bool:
+    """The process has died (a zombie, or gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def _descendant(root: int, name: str) -> int | None:
     """The first process under ``root`` (itself included) whose name is ``name``."""
     todo = [root]
@@ -108,7 +117,12 @@ class SimBoard:
         return self.run_dir / "simulator.log"
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        if self._proc is None or self._proc.poll() is not None:
+            return False
+        if not self._sandboxed or self._sim_pid is None:
+            return True
+        # the sandbox outlives its simulator by a moment: ask about the simulator itself
+        return not _exited(self._sim_pid)
 
     @property
     def pid(self) -> int | None:
@@ -159,6 +173,7 @@ class SimBoard:
             ready = False
         if not ready:
             raise self._failed("while starting")
+        _ = self.pid  # the simulator's own pid, found now that it runs (see ``alive``)
 
     def _handshake(self, sock: socket.socket) -> bool:
         """Wait for the harness's hello; False if the simulator went away first."""
