@@ -68,17 +68,15 @@ from sim.build import (
     _last_error_line,
     _safe_name,
     _strip_dates,
-    file_lock,
     overflow_message,
 )
+from sim.cache import build_info, build_key, file_lock, find_or_build
 from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
 from sim.toolchain import PROJECT_ROOT
 
 __all__ = ["Bitstream", "BitstreamBuilder", "BuildError", "DesignBuildError", "ToolchainError"]
 
 TOP = "lab_soc"
-#: Bump to invalidate every cached bitstream.
-CACHE_VERSION = "1"
 #: Our sources that shape a bitstream: a change to any of them is a new cache key.
 HW_SOURCES = (*GATEWARE_SOURCES, "hil/platforms.py", "hil/bitstream.py")
 #: Python packages whose versions are part of the key.
@@ -235,35 +233,18 @@ class BitstreamBuilder:
     # Keys and lookups ---------------------------------------------------------------------------
 
     def key(self, filename: str | None, source: bytes | None) -> str:
-        ours = hashlib.sha256()
-        for rel in HW_SOURCES:
-            ours.update((PROJECT_ROOT / rel).read_bytes())
-        material = {
-            "cache": CACHE_VERSION,
-            "design": hashlib.sha256(source).hexdigest() if source is not None else None,
-            "suffix": Path(filename).suffix.lower() if filename else None,
-            "soc": self.config.to_json(),
-            "platform": self.board.name,
-            "device": self.device.name,
-            "tools": tool_versions(),
-            "ours": ours.hexdigest(),
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        return build_key(source, filename, HW_SOURCES, soc=self.config.to_json(),
+                         platform=self.board.name, device=self.device.name,
+                         tools=tool_versions())  # fmt: skip
 
     def lookup(self, key: str) -> Bitstream | None:
         """The complete build ``key`` in the cache, if there is one."""
-        if not re.fullmatch(r"[0-9a-f]{64}", key):
+        info = build_info(self.builds, key)
+        bit = self.builds / key / "gateware" / f"{TOP}.bit"
+        if info is None or not bit.is_file():
             return None
-        folder = self.builds / key
-        try:
-            info = json.loads((folder / "build.json").read_text())
-        except (OSError, ValueError):
-            return None
-        bit = folder / "gateware" / f"{TOP}.bit"
-        if not bit.is_file():
-            return None
-        return Bitstream(key, folder, bit, info["sha256"], info["ident"], info["filename"],
-                         info["language"], cached=True)  # fmt: skip
+        return Bitstream(key, self.builds / key, bit, info["sha256"], info["ident"],
+                         info["filename"], info["language"], cached=True)  # fmt: skip
 
     def by_sha256(self, bit_sha256: str) -> Bitstream | None:
         """The build whose ``.bit`` has this SHA-256 (hex), if it is in the cache. The hash
@@ -298,24 +279,13 @@ class BitstreamBuilder:
                 log(f"error: {exc}")
                 raise DesignBuildError(str(exc)) from None
         key = self.key(filename, source)
-        found = self.lookup(key)
-        if found is not None:
-            log(f"hw: build cache hit {key[:12]}: bitstream reused, nothing built")
-            return found
-        self.builds.mkdir(parents=True, exist_ok=True)
-        waiting = f"hw: waiting for another build of {key[:12]} to finish"
-        with file_lock(self.builds / f"{key}.lock", log, waiting):
-            found = self.lookup(key)
-            if found is not None:
-                log(f"hw: build cache hit {key[:12]} (built meanwhile by another job)")
-                return found
-            ident = f"fpgalab hw design {key[:12]}" if filename is not None else BASE_IDENT
-            folder = self.builds / key
-            try:
-                return _Build(self, key, folder, ident, filename, language, log).run(source)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+        ident = f"fpgalab hw design {key[:12]}" if filename is not None else BASE_IDENT
+
+        def make(folder: Path) -> Bitstream:
+            return _Build(self, key, folder, ident, filename, language, log).run(source)
+
+        return find_or_build(self.builds, key, log, self.lookup, make, prefix="hw",
+                             reused="bitstream reused, nothing built")  # fmt: skip
 
     def compiled(self, tool: Tool) -> Path:
         """Where YoWASP keeps ``tool`` compiled to machine code (named by the hash of its

@@ -11,23 +11,20 @@ Layout under ``root``::
     builds/<key>/src/      Verilog, memory files, csr.json, the design file
     builds/<key>/model/    the Verilator model (the simulator binary is model/lab_soc)
     builds/<key>/build.json  written last: the build is complete
-    builds/<key>.lock      held while the build runs (other builders of it wait)
+    builds/<key>.lock      held while the build runs (other builders of it wait; sim.cache)
     work/                  scratch folders of running elaborations
     ccache/                the C++ compiler cache
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import re
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,14 +32,13 @@ from typing import Any
 from hil.config import SIM_CONFIG, SoCConfig
 from hil.designfile import DesignLoadError, check
 from sim import sandbox
+from sim.cache import build_info, build_key, find_or_build
 from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
 from sim.toolchain import PROJECT_ROOT, Toolchain, ToolchainMissing, find
 
 LogFn = Callable[[str], None]
 
 TOP = "lab_soc"
-#: Bump to invalidate every cached build.
-CACHE_VERSION = "1"
 #: Our sources that shape a model: a change to any of them is a new cache key.
 GATEWARE_SOURCES = (
     "hil/soc.py", "hil/config.py", "hil/burst.py", "hil/design.py", "hil/designfile.py",
@@ -151,33 +147,16 @@ class Builder:
             raise ToolchainError(f"simulation toolchain unavailable: {exc}") from exc
 
     def key(self, filename: str | None, source: bytes | None, ident: str | None = None) -> str:
-        ours = hashlib.sha256()
-        for rel in GATEWARE_SOURCES:
-            ours.update((PROJECT_ROOT / rel).read_bytes())
-        material = {
-            "cache": CACHE_VERSION,
-            "design": hashlib.sha256(source).hexdigest() if source is not None else None,
-            "suffix": Path(filename).suffix.lower() if filename else None,
-            "soc": self.soc.to_json(),
-            "tools": self.toolchain().versions,
-            "ours": ours.hexdigest(),
-        }
-        if ident is not None:
-            material["ident"] = ident
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        extra = {"ident": ident} if ident is not None else {}
+        return build_key(source, filename, GATEWARE_SOURCES, soc=self.soc.to_json(),
+                         tools=self.toolchain().versions, **extra)  # fmt: skip
 
     def lookup(self, key: str) -> Model | None:
         """The complete build ``key`` in the cache, if there is one."""
-        if not re.fullmatch(r"[0-9a-f]{64}", key):
+        info = build_info(self.builds, key)
+        if info is None or not (self.builds / key / "model" / TOP).exists():
             return None
-        folder = self.builds / key
-        try:
-            info = json.loads((folder / "build.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if not (folder / "model" / TOP).exists():
-            return None
-        return Model(key, folder, info["ident"], info.get("language"), cached=True)
+        return Model(key, self.builds / key, info["ident"], info.get("language"), cached=True)
 
     # Building -----------------------------------------------------------------------------------
 
@@ -199,29 +178,15 @@ class Builder:
                 log(f"error: {exc}")
                 raise DesignBuildError(str(exc)) from None
         key = self.key(filename, source, ident)
-        found = self.lookup(key)
-        if found is not None:
-            log(f"sim: build cache hit {key[:12]}: model reused, nothing compiled")
-            return found
-        self.builds.mkdir(parents=True, exist_ok=True)
-        with self._locked(key, log):
-            found = self.lookup(key)
-            if found is not None:
-                log(f"sim: build cache hit {key[:12]} (built meanwhile by another job)")
-                return found
-            if ident is None:
-                ident = f"fpgalab sim {'design ' + key[:12] if filename else 'base SoC'}"
-            model = Model(key, self.builds / key, ident, language)
-            try:
-                self._build(model, filename, source, log)
-            except BaseException:
-                shutil.rmtree(model.folder, ignore_errors=True)
-                raise
+        name = ident or f"fpgalab sim {'design ' + key[:12] if filename else 'base SoC'}"
+
+        def make(folder: Path) -> Model:
+            model = Model(key, folder, name, language)
+            self._build(model, filename, source, log)
             return model
 
-    def _locked(self, key: str, log: LogFn) -> contextlib.AbstractContextManager[None]:
-        waiting = f"sim: waiting for another build of {key[:12]} to finish"
-        return file_lock(self.builds / f"{key}.lock", log, waiting)
+        return find_or_build(self.builds, key, log, self.lookup, make, prefix="sim",
+                             reused="model reused, nothing compiled")  # fmt: skip
 
     def _build(self, model: Model, filename: str | None, source: bytes | None, log: LogFn) -> None:
         tools = self.toolchain()
@@ -343,22 +308,6 @@ class Builder:
         raise self._fail(
             user, "the Verilator model did not compile" + (f": {last}" if last else "")
         )
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, log: LogFn, waiting: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if need be); if another process holds
-    it, log ``waiting`` and wait for it."""
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(waiting)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 #: What a signal that ends a build step says about its limits.
