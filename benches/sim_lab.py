@@ -47,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from sim.board import comm, descendants  # noqa: E402
+
 HOST = "127.0.0.1"
 EXAMPLES = REPO / "docs" / "examples"
 SCRATCH = 0x0000_0004
@@ -233,15 +235,7 @@ class Lab:
     def simulator_pids(self) -> list[int]:
         """The worker's descendants that run a simulator (the model binary, ``lab_soc``;
         under the sandbox's bwrap processes, not the worker's children)."""
-        found, todo = [], [self.procs["worker"].pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            with contextlib.suppress(OSError):
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    with contextlib.suppress(OSError):
-                        todo += [int(p) for p in (task / "children").read_text().split()]
-        return sorted(p for p in found if _comm(p) == "lab_soc")
+        return sorted(p for p in descendants(self.procs["worker"].pid) if comm(p) == "lab_soc")
 
     def stop(self) -> None:
         for name in ("api", "worker"):
@@ -256,18 +250,11 @@ class Lab:
                 proc.wait()
         # The worker stops its simulators; any it left behind are stopped here, by pid.
         for pid in self.simulators:
-            if _comm(pid) == "lab_soc":
+            if comm(pid) == "lab_soc":
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         if self.redis is not None:
             self.redis.stop()
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def rss_bytes(pid: int) -> int:

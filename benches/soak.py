@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_lab import EXAMPLES, REPO, Api, Lab, _comm, rss_bytes
+from sim_lab import EXAMPLES, REPO, Api, Lab, rss_bytes
+
+from sim.board import comm
 
 FINAL = ("complete", "failed", "cancelled")
 #: Seconds the clients get to end their cycles once the soak stops, and the jobs still
@@ -232,7 +234,7 @@ class Faults:
         old.kill()
         old.wait()
         for pid in self.lab.simulators | running:
-            if _comm(pid) == "lab_soc":  # a SIGKILLed worker cannot stop its simulators
+            if comm(pid) == "lab_soc":  # a SIGKILLed worker cannot stop its simulators
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.lab.respawn("worker")
@@ -334,7 +336,7 @@ def main() -> int:
         finally:
             lab.stop()
             for pid in lab.simulators:
-                if _comm(pid) == "lab_soc":
+                if comm(pid) == "lab_soc":
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
 

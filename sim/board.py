@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,8 @@ def from_bytes(raw: bytes) -> list[int]:
     return words.tolist()
 
 
-def _exited(pid: int) -> bool:
-    """The process has died (a zombie, or gone)."""
+def exited(pid: int) -> bool:
+    """The process has died, all its threads too (a zombie, or gone)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -78,18 +79,29 @@ def _exited(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _descendant(root: int, name: str) -> int | None:
-    """The first process under ``root`` (itself included) whose name is ``name``."""
+def comm(pid: int) -> str:
+    """The process's name (its first 15 characters), '' if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> Iterator[int]:
+    """``root`` and every process under it, nearest first."""
     todo = [root]
     while todo:
         pid = todo.pop(0)
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                return pid
+        yield pid
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{pid}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return None
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+
+
+def _descendant(root: int, name: str) -> int | None:
+    """The first process under ``root`` (itself included) whose name is ``name``."""
+    return next((pid for pid in descendants(root) if comm(pid) == name), None)
 
 
 class SimBoard:
@@ -122,7 +134,7 @@ class SimBoard:
         if not self._sandboxed or self._sim_pid is None:
             return True
         # the sandbox outlives its simulator by a moment: ask about the simulator itself
-        return not _exited(self._sim_pid)
+        return not exited(self._sim_pid)
 
     @property
     def pid(self) -> int | None:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from backends.base import Op, Transaction
+from sim.board import exited
 from tests.e2e.conftest import LabUnderTest, StartLab
 from tests.helpers import assert_error, board, submit, wait_for, wait_job, wait_state
 
@@ -150,15 +151,6 @@ def stopped(pid: int) -> Iterator[None]:
     finally:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-
-
-def exited(pid: int) -> bool:
-    """The simulator ``pid`` has died, all its threads too (a zombie, or gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 def cpu_seconds(pid: int) -> float:
