@@ -304,6 +304,34 @@ async def test_worker_killed_mid_job_fails_that_job_and_the_next_worker_runs_the
     await assert_nothing_lost(store, created)
 
 
+@dataclass
+class LostTake:
+    """Board 4 reserved; a write run held in the backend, and a read queued behind it
+    that the test took for the worker, as its own take would: the take went through and
+    the worker never heard of it (as if the connection broke before the answer)."""
+
+    created: set[str]
+    write: str
+    read: str
+    entry: str
+
+
+async def lose_a_take(
+    client: httpx.AsyncClient, store: Store, worker_id: str, backend: FakeBackend
+) -> LostTake:
+    created = {(await reserve(client, 4))["job_id"]}
+    backend.hold.add("transact")
+    write = await post_run(client, 4, {"op": 1, "address": 0x10, "data": [1]})
+    await wait_set(backend.held)  # the worker is busy: the next entry waits in the queue
+    read = await post_run(client, 4, {"op": 2, "address": 0x10})
+    created.update([write, read])
+    [(entry, read_id)] = await store.next_entries(4, worker_id, 100)
+    assert read_id == read
+    assert await store.take(4, read, worker_id, entry) is not None
+    assert (await job(client, 4, read))["status"] == "running"
+    return LostTake(created, write, read, entry)
+
+
 async def test_a_take_whose_answer_redis_lost_is_taken_again_and_run(
     client: httpx.AsyncClient, store: Store, start_worker: WorkerFactory, backend: FakeBackend
 ) -> None:
@@ -311,30 +339,19 @@ async def test_a_take_whose_answer_redis_lost_is_taken_again_and_run(
     connection failed just then), is taken again by that worker when it reads its
     pending entries again, and runs: neither failed nor left running for ever."""
     worker = await start_worker([4])
-    created = {(await reserve(client, 4))["job_id"]}
-    backend.hold.add("transact")
-    first = await post_run(client, 4, {"op": 1, "address": 0x10, "data": [1]})
-    await wait_set(backend.held)  # the worker is busy: the next entry waits in the queue
-    second = await post_run(client, 4, {"op": 2, "address": 0x10})
-    created.update([first, second])
-    # what the worker's next read and take do, done for it: the take goes through, and
-    # the worker never hears of it (as if the connection broke before the answer)
-    [(entry, read_id)] = await store.next_entries(4, worker.id, 100)
-    assert read_id == second
-    assert await store.take(4, second, worker.id, entry) is not None
-    assert (await job(client, 4, second))["status"] == "running"
+    lost = await lose_a_take(client, store, worker.id, backend)
     with pytest.raises(LeaseLost):  # nobody else may take it: the board is this worker's
-        await store.take(4, second, "somebody-else", entry)
+        await store.take(4, lost.read, "somebody-else", lost.entry)
     backend.hold.discard("transact")
     backend.resume.set()
 
-    assert (await wait_job(client, 4, first))["status"] == "complete"
-    done = await wait_job(client, 4, second)
+    assert (await wait_job(client, 4, lost.write))["status"] == "complete"
+    done = await wait_job(client, 4, lost.read)
     assert (done["status"], done["error"]) == ("complete", None), done
-    assert (await store.job(second))["worker"] == worker.id
-    assert (await result(client, 4, second))["data"] == [1]
+    assert (await store.job(lost.read))["worker"] == worker.id
+    assert (await result(client, 4, lost.read))["data"] == [1]
     assert (await board(client, 4))["state"] == "reserved"
-    await assert_nothing_lost(store, created)
+    await assert_nothing_lost(store, lost.created)
 
 
 async def test_a_take_whose_answer_redis_lost_and_is_never_taken_again_fails_as_lost(
@@ -344,29 +361,22 @@ async def test_a_take_whose_answer_redis_lost_and_is_never_taken_again_fails_as_
     entry is gone from its pending list), its housekeeping fails it as lost rather than
     leave it running for ever; the board goes to error, and a reset heals it."""
     worker = await start_worker([4])
-    created = {(await reserve(client, 4))["job_id"]}
-    backend.hold.add("transact")
-    first = await post_run(client, 4, {"op": 1, "address": 0x10, "data": [1]})
-    await wait_set(backend.held)
-    second = await post_run(client, 4, {"op": 2, "address": 0x10})
-    created.update([first, second])
-    [(entry, _)] = await store.next_entries(4, worker.id, 100)
-    assert await store.take(4, second, worker.id, entry) is not None
-    await store.redis.xack(keys.queue(4), keys.GROUP, entry)  # nothing left to read again
+    lost = await lose_a_take(client, store, worker.id, backend)
+    await store.redis.xack(keys.queue(4), keys.GROUP, lost.entry)  # nothing left to read again
     backend.resume.set()
 
-    assert (await wait_job(client, 4, first))["status"] == "complete"
-    lost = await wait_job(client, 4, second, timeout=JOB_TIMEOUT)
+    assert (await wait_job(client, 4, lost.write))["status"] == "complete"
+    failed = await wait_job(client, 4, lost.read, timeout=JOB_TIMEOUT)
     message = f"worker {worker.id} lost this job: Redis failed as it was taken"
-    assert (lost["status"], lost["error"]) == ("failed", message), lost
+    assert (failed["status"], failed["error"]) == ("failed", message), failed
     b = await board(client, 4)
     assert (b["state"], b["health"], b["health_reason"]) == ("error", "unknown", message), b
     r = await client.post("/fpga/4/reset")
     assert r.status_code == 202, r.text
-    created.add(r.json()["job_id"])
+    lost.created.add(r.json()["job_id"])
     assert (await wait_job(client, 4, r.json()["job_id"]))["status"] == "complete"
     assert (await board(client, 4))["state"] == "idle"
-    await assert_nothing_lost(store, created)
+    await assert_nothing_lost(store, lost.created)
 
 
 # -- Redis restarted --------------------------------------------------------------------
