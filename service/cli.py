@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from service.datadir import private_dir
 from service.procs import child_dies_with_parent
 from service.settings import Settings
 from service.states import NUM_BOARDS
@@ -40,18 +42,45 @@ def parse_boards(text: str) -> list[int]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``serve``, ``api`` or ``worker`` (flags over the environment), with
+    the data folder made private to the lab's user before anything is written there."""
     overrides = {
         k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
     }
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    try:
+        private_dir(settings.data_dir)
+    except OSError as exc:
+        raise SystemExit(f"fpgalab: the data folder {settings.data_dir}: {exc}") from None
+    try:
+        settings.redis_password()  # a password file that cannot be used stops us here
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"fpgalab: FPGALAB_REDIS_PASSWORD_FILE: {exc}") from None
+    return settings
+
+
+#: What ``serve`` keeps from its worker: the API keys, which a worker never needs.
+_NOT_FOR_WORKERS = frozenset({"FPGALAB_API_KEYS", "FPGALAB_API_KEYS_FILE"})
+
+
+def worker_env(redis_url: str) -> dict[str, str]:
+    """The environment ``serve`` starts its worker with: its own, without the API keys
+    (the worker handles what sandboxed code leaves behind), and the Redis URL, which may
+    hold a password and so is kept off the command line that every local user can read."""
+    drop = _NOT_FOR_WORKERS | {"FPGALAB_REDIS_URL"}
+    # pydantic-settings reads variables whatever their case: drop them in any case
+    env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
+    env["FPGALAB_REDIS_URL"] = redis_url
+    return env
 
 
 def backend_options(settings: Settings) -> dict[str, object]:
-    """What every backend is made with: a data folder of its own, the build limit, and
+    """What every backend is made with: a data folder of its own, the build limits, and
     the lab file if there is one."""
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.backend)
     options: dict[str, object] = {
         "data_dir": settings.data_dir / folder, "build_timeout": settings.build_timeout,
+        "build_slots": settings.build_slots,
     }  # fmt: skip
     if settings.lab_file is not None:
         options["lab_file"] = settings.lab_file
@@ -81,6 +110,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import BoardTaken, Worker
 
     settings = _settings(args)
+    if settings.api_keys.strip():
+        log.warning(
+            "FPGALAB_API_KEYS is set, but a worker needs no API keys: unset it. While it is "
+            "set, every key is readable in /proc/%d/environ by this worker's user",
+            os.getpid(),
+        )
     boards = _boards(args, settings)
     try:
         backend = get_backend(settings.backend, **backend_options(settings))
@@ -195,8 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
     worker = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker", "--boards", boards,
-         "--backend", settings.backend, "--redis-url", settings.redis_url, *lab],
-        preexec_fn=child_dies_with_parent,
+         "--backend", settings.backend, *lab],
+        env=worker_env(settings.redis_url), preexec_fn=child_dies_with_parent,
     )  # fmt: skip
     worker_failed = threading.Event()
 
@@ -226,7 +261,7 @@ def cmd_twin(args: argparse.Namespace) -> int:
     """Run twins until SIGTERM/SIGINT; their lab file is written once they listen."""
     from sim.twin import TwinLab
 
-    data_dir = args.data_dir or Settings().data_dir
+    data_dir = private_dir(args.data_dir or Settings().data_dir)
     lab = TwinLab(args.boards, data_dir)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
+from service.datadir import private_dir
 from service.procs import child_dies_with_parent
+
+#: The longest path a unix socket may have (``sun_path``, less its NUL).
+_MAX_SOCKET_PATH = 107
 
 
 class RedisStartError(RuntimeError):
@@ -22,16 +28,19 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """redis-server on loopback, data (AOF on) in ``data_dir``; stopped with us."""
+    """redis-server on a unix socket in ``data_dir`` (mode 0700), no TCP port, data (AOF
+    on) and log in the same folder, mode 0600; stopped with us. Only the lab's user (and
+    root) can reach it or read its files."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        # absolute: the URL is handed to processes that may not share our working folder
+        self.socket = (data_dir / "redis.sock").absolute()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{quote(str(self.socket))}?db=0"
 
     def start(self, timeout: float = 10.0) -> None:
         exe = shutil.which("redis-server")
@@ -40,21 +49,31 @@ class PrivateRedis:
                 "redis-server is not installed (apt-get install redis-server), "
                 "or pass --redis-url to use a running Redis"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
+            raise RedisStartError(
+                f"{self.socket}: too long for a unix socket ({_MAX_SOCKET_PATH} bytes at "
+                "most); choose a shorter FPGALAB_DATA_DIR"
+            )
+        private_dir(self.data_dir)
+        logfile = self.data_dir / "redis.log"
         args = [
-            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-            "--logfile", str(self.data_dir / "redis.log"),
+            exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(logfile),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, preexec_fn=child_dies_with_parent)
+        # umask 077: the AOF, its folder and the log are the lab user's alone; the server
+        # needs nothing of the lab's settings (API keys among them) in its environment
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FPGALAB_")}
+        self.proc = subprocess.Popen(args, env=env, umask=0o077, preexec_fn=child_dies_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                logfile = self.data_dir / "redis.log"
                 code = self.proc.returncode
                 raise RedisStartError(f"redis-server exited ({code}); see {logfile}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.2)
+                    s.connect(str(self.socket))
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return
@@ -62,7 +81,7 @@ class PrivateRedis:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RedisStartError(f"redis-server did not answer on port {self.port} within {timeout} s")
+        raise RedisStartError(f"redis-server did not answer on {self.socket} within {timeout} s")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

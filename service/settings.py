@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +20,10 @@ class Settings(BaseSettings):
 
     #: Redis to share; None means ``fpgalab serve`` starts a private one.
     redis_url: str | None = None
-    #: Where the private Redis (and later, build caches) keep their data.
+    #: A file holding the shared Redis's password (``requirepass``, or that of the ACL
+    #: user named in the URL), so that it is in no URL, environment or command line.
+    redis_password_file: Path | None = None
+    #: Where the private Redis and the backends keep their data; mode 0700.
     data_dir: Path = Field(default_factory=default_data_dir)
 
     #: ``name=key[:admin]`` entries, comma-separated. Empty (and no file): open lab.
@@ -63,6 +67,9 @@ class Settings(BaseSettings):
     lab_file: Path | None = None
     #: Wall-clock limit of one build (elaboration + compile), seconds.
     build_timeout: float = Field(default=300.0, gt=0)
+    #: Builds at once on a lab host (its workers sharing a data folder); 0: as many as
+    #: fit in three quarters of its memory, given each build step's memory bound.
+    build_slots: int = Field(default=0, ge=0)
     #: Seconds a worker's heartbeat lives; a worker silent this long is dead.
     worker_heartbeat_ttl: float = Field(default=15.0, gt=0)
     #: Seconds a stopping worker lets its running jobs finish before abandoning them.
@@ -74,3 +81,23 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @field_validator("redis_password_file")
+    @classmethod
+    def _one_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        # redis-py lets a URL's password win over any other: two would be a silent choice
+        url = info.data.get("redis_url")
+        if path is not None and url and urlsplit(url).password:
+            raise ValueError("the Redis URL has a password too: give it in one place only")
+        return path
+
+    def redis_password(self) -> str | None:
+        """The password in ``redis_password_file`` (alone on its one line), if there is one."""
+        if self.redis_password_file is None:
+            return None
+        lines = self.redis_password_file.read_text().splitlines()
+        if len(lines) != 1 or not lines[0]:
+            raise ValueError(
+                f"{self.redis_password_file}: expected the Redis password alone on one line"
+            )
+        return lines[0]

@@ -61,6 +61,7 @@ class Store:
     def from_url(cls, url: str, settings: Settings) -> Store:
         redis = Redis.from_url(
             url,
+            password=settings.redis_password(),
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=10,

@@ -32,12 +32,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, in its own folder."""
+    """A real redis-server on a free loopback port, in its own folder; with ``password``,
+    one that requires it (``requirepass``)."""
 
-    def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, appendonly: bool = False, port: int | None = None,
+        password: str | None = None,
+    ) -> None:  # fmt: skip
         self.folder = folder
         self.appendonly = appendonly
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,17 +53,19 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed (make test installs it)"
         self.folder.mkdir(parents=True, exist_ok=True)
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
              "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             "--logfile", str(self.folder / "redis.log")],
+             "--logfile", str(self.folder / "redis.log"), *auth],
         )  # fmt: skip
+        hello = f"AUTH {self.password}\r\n".encode() if self.password else b""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(hello + b"PING\r\n")
+                    if s.recv(64).endswith(b"+PONG\r\n"):
                         return self
             except OSError:
                 time.sleep(0.02)
@@ -218,13 +225,13 @@ REPO = Path(__file__).resolve().parents[1]
 class CliProcess:
     """``python -m service.cli ARGS`` as a real process, run from the repository (so that
     ``tests.*`` backends import), without the caller's ``FPGALAB_*`` environment; its
-    output goes to ``log``."""
+    output goes to ``log``, its default data folder beside it."""
 
     def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
         self.log = log
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FPGALAB_")}
-        self.env.pop("XDG_DATA_HOME", None)
+        self.env["XDG_DATA_HOME"] = str(log.parent / "xdg-data")
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 

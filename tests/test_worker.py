@@ -87,6 +87,7 @@ def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
         log = tmp_path / f"worker-{len(procs)}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FPGALAB_")}
         env.update(
+            XDG_DATA_HOME=str(tmp_path / "xdg-data"),
             FPGALAB_WORKER_HEARTBEAT_TTL="1",
             FPGALAB_HOUSEKEEPING_INTERVAL="0.1",
             FPGALAB_HEALTH_INTERVAL="3600",
