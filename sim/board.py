@@ -11,16 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from hil.cgroups import Cgroups, Group, TreeLimits
 from sim.build import Model
 from sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
 from sim.sandbox import Confinement, Sandbox, SandboxUnavailable
@@ -28,6 +33,13 @@ from sim.toolchain import PROJECT_ROOT, Toolchain
 
 #: Threads a simulator may run (Verilator's, cocotb's and the harness's bridge thread).
 SIMULATOR_PROCESSES = 32
+#: Bounds on a simulator's whole process tree (a cgroup, where the machine gives one):
+#: a model takes ~40 MiB and one core at most; a design's $system may fork.
+SIMULATOR_TREE = TreeLimits(memory=1 << 30, processes=SIMULATOR_PROCESSES + 8, cpus=1.0)
+#: A simulator's private /tmp, its working folder (memory-backed).
+SIMULATOR_SCRATCH = 64 << 20
+#: Bytes of a simulator's latest output kept for a failure's message.
+OUTPUT_KEPT = 16384
 #: Seconds a simulator may take from exec until it says hello.
 START_TIMEOUT = 30.0
 #: Seconds a request may take: this, plus per word (raw requests are the slow ones).
@@ -104,6 +116,43 @@ def _descendant(root: int, name: str) -> int | None:
     return next((pid for pid in descendants(root) if comm(pid) == name), None)
 
 
+class OutputTail:
+    """Drains a simulator's output pipe in a thread of its own (a simulator that prints
+    must never block on it), keeping only the last ``keep`` bytes."""
+
+    def __init__(self, pipe: IO[bytes], name: str, keep: int = OUTPUT_KEPT) -> None:
+        self._pipe = pipe
+        self._keep = keep
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name=name, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        fd = self._pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._tail += chunk
+                if len(self._tail) > 2 * self._keep:
+                    del self._tail[: len(self._tail) - self._keep]
+
+    def finish(self, timeout: float = 2.0) -> None:
+        """Wait for the end of the output (the simulator has ended), then close the pipe."""
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._pipe.close()
+
+    def text(self) -> str:
+        with self._lock:
+            return bytes(self._tail[-self._keep :]).decode("utf-8", "replace")
+
+
 class SimBoard:
     """A simulator serving ``sim.protocol`` requests (``sim.harness``). Subclasses
     running another harness override ``harness``, ``_handshake`` and ``_goodbye``."""
@@ -121,12 +170,12 @@ class SimBoard:
         self._sim_pid: int | None = None
         self._exe_name = ""
         self._sandboxed = False
+        self._output: OutputTail | None = None
+        self._group: Group | None = None
+        #: The working folder of an unsandboxed simulator (None in the sandbox).
+        self._scratch: Path | None = None
 
     # Lifecycle ----------------------------------------------------------------------------------
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "simulator.log"
 
     def alive(self) -> bool:
         if self._proc is None or self._proc.poll() is not None:
@@ -148,34 +197,45 @@ class SimBoard:
     def start(self, model: Model) -> None:
         """Replace whatever runs with ``model``; returns once it serves requests."""
         self.stop()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = self.tools.simulator_env(model.toplevel, self.run_dir / "results.xml", self.harness)
+        sandbox = Sandbox()
+        self._sandboxed = sandbox.enabled
+        # A design is code: Verilog's $system, $fopen, $readmemh run in the simulator. It
+        # runs sandboxed, seeing its model and our harness, writing only its private
+        # /tmp, its working folder, which is new at every start and gone with it: nothing
+        # it writes reaches the worker, or the next simulator (cocotb puts the working
+        # folder first on sys.path). Unsandboxed, a fresh folder of ours stands in.
+        self._scratch = None if sandbox.enabled else self._fresh_folder()
+        workdir = sandbox.workdir(self._scratch or Path("/tmp"))
+        env = self.tools.simulator_env(model.toplevel, workdir / "results.xml", self.harness)
         env["FPGALAB_SIM_FD"] = str(theirs.fileno())
-        env["HOME"] = str(self.run_dir)
-        # A design is code: Verilog's $system, $fopen, $readmemh run in the simulator.
-        # It runs sandboxed, seeing its model and our harness, writing only its folder.
+        env["HOME"] = env["TMPDIR"] = str(workdir)
         confinement = Confinement(
-            writable=(self.run_dir,),
+            writable=(),
             readable=(model.folder, PROJECT_ROOT / "sim", PROJECT_ROOT / "hil"),
             processes=SIMULATOR_PROCESSES,
+            tmp_size=SIMULATOR_SCRATCH,
         )
         self._sim_pid, self._exe_name = None, model.executable.name[:15]
+        # Memory, tasks and CPU for the whole of it, however many processes it forks.
+        self._group = Cgroups.detect().create(f"sim-{self.index}", SIMULATOR_TREE)
         try:
-            sandbox = Sandbox()
-            self._sandboxed = sandbox.enabled
-            cmd = sandbox.command([str(model.executable)], self.run_dir, confinement)
-            with open(self.log_path, "wb") as out:
-                self._proc = subprocess.Popen(
-                    cmd, cwd=self.run_dir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
-                    start_new_session=True,
-                )  # fmt: skip
+            cmd = sandbox.command([str(model.executable)], workdir, confinement, self._group)
+            # Its output comes to us through a pipe, never a file it could swap for a link.
+            self._proc = subprocess.Popen(
+                cmd, cwd=self._scratch or model.folder, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
+                start_new_session=True,
+            )  # fmt: skip
         except (OSError, SandboxUnavailable) as exc:
             ours.close()
+            self._remove_scratch()
+            self._end_group()
             raise BoardFailure(f"board {self.index}: cannot start the simulator: {exc}") from exc
         finally:
             theirs.close()
+        assert self._proc.stdout is not None
+        self._output = OutputTail(self._proc.stdout, f"board-{self.index}-output")
         self._sock = ours
         self.model = model
         ours.settimeout(START_TIMEOUT)
@@ -186,6 +246,18 @@ class SimBoard:
         if not ready:
             raise self._failed("while starting")
         _ = self.pid  # the simulator's own pid, found now that it runs (see ``alive``)
+
+    def _fresh_folder(self) -> Path:
+        """An empty working folder of our own (unsandboxed simulators only)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        folder = self.run_dir / f"run-{uuid.uuid4().hex[:12]}"
+        folder.mkdir(mode=0o700)
+        return folder
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)  # never follows a link
+            self._scratch = None
 
     def _handshake(self, sock: socket.socket) -> bool:
         """Wait for the harness's hello; False if the simulator went away first."""
@@ -214,6 +286,22 @@ class SimBoard:
                 proc.wait(timeout=5.0)
             except subprocess.TimeoutExpired:
                 self._kill(proc)
+        self._end_output()
+        self._remove_scratch()
+        self._end_group()
+
+    def _end_output(self) -> None:
+        if self._output is not None:
+            self._output.finish()
+
+    def _end_group(self) -> str | None:
+        """Close the simulator's cgroup (killing what is left in it); the bound it hit."""
+        group, self._group = self._group, None
+        if group is None:
+            return None
+        bound = group.verdict()
+        group.close()
+        return bound
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -248,22 +336,23 @@ class SimBoard:
                 how = f"crashed (signal {-code})"
         else:
             how = f"exited with status {code}"
+        self._end_output()
+        self._remove_scratch()
+        bound = self._end_group()
         tail = self.log_tail()
         if model is not None:
             tail = [line.replace(f"{model.folder}/src/", "") for line in tail]
         detail = "\n".join(f"  {line}" for line in tail)
         message = f"board {self.index}: the simulator {how} {during}"
+        if bound:
+            message += f": {bound}"
         return BoardFailure(message + (f"; its last output:\n{detail}" if detail else ""))
 
     def log_tail(self, lines: int = 8) -> list[str]:
         """The simulator's last words, without cocotb's routine chatter."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16384))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
+        if self._output is None:
             return []
+        text = self._output.text()
         kept = [line.strip() for line in text.splitlines() if not _ROUTINE.search(line)]
         return [line for line in kept if line][-lines:]
 

@@ -29,8 +29,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hil import bundle
+from hil.cgroups import Group, TreeLimits
 from hil.config import SIM_CONFIG, SoCConfig
 from hil.designfile import DesignLoadError, check
+from hil.slots import BuildSlots, auto_slots
 from sim import sandbox
 from sim.cache import build_info, build_key, find_or_build
 from sim.sandbox import MAX_OUTPUT, Confinement, Limits, Sandbox, SandboxUnavailable
@@ -55,6 +58,15 @@ ELABORATION_LIMITS = Limits(address_space=1 << 30, file_size=64 << 20, open_file
 #: Step 2 runs Verilator, make -j2 and g++ (cc1plus: ~330 MB) on the generated Verilog.
 COMPILE_LIMITS = Limits(address_space=1280 << 20, file_size=1 << 30, open_files=1024,
                         processes=64)  # fmt: skip
+#: The compile's private /tmp (g++'s temporary files; memory-backed).
+COMPILE_SCRATCH = 256 << 20
+#: Bounds on each step's whole process tree, where the machine gives a cgroup: the
+#: per-process limits above bound one process, not a design that forks. The task counts
+#: leave room for the sandbox's own processes (bwrap, setpriv, the namespaces' inits).
+ELABORATION_TREE = TreeLimits(memory=1 << 30, processes=ELABORATION_LIMITS.processes + 8,
+                              cpus=1.0)  # fmt: skip
+#: Two compilers at once (make -j2, cc1plus ~330 MB each), Verilator, make.
+COMPILE_TREE = TreeLimits(memory=1536 << 20, processes=COMPILE_LIMITS.processes + 8, cpus=2.0)
 
 
 class BuildError(Exception):
@@ -121,11 +133,13 @@ class Builder:
         elaboration_limits: Limits | None = None,
         max_output: int = MAX_OUTPUT,
         sandbox: Sandbox | None = None,
+        slots: int | None = None,
     ) -> None:
         """``limits``: the compile step's (default ``COMPILE_LIMITS``), ``elaboration_limits``
         the elaboration's (``ELABORATION_LIMITS``), both with ``timeout`` + 5 CPU seconds
         unless given; ``max_output``: bytes of output a step may print before it is killed;
-        ``sandbox``: default from ``FPGALAB_SANDBOX``."""
+        ``sandbox``: default from ``FPGALAB_SANDBOX``; ``slots``: builds at once on this
+        host (by the processes sharing ``root``), default: as many as fit in its memory."""
         self.root = root
         self.builds = root / "builds"
         self.work = root / "work"
@@ -137,6 +151,8 @@ class Builder:
         self.elaboration_limits = elaboration_limits or replace(ELABORATION_LIMITS, cpu=cpu)
         self.max_output = max_output
         self.sandbox = sandbox if sandbox is not None else Sandbox()
+        memory = max(ELABORATION_TREE.memory or 0, COMPILE_TREE.memory or 0)
+        self.slots = BuildSlots(root / "build-slots", slots or auto_slots(memory))
 
     # Keys and lookups ---------------------------------------------------------------------------
 
@@ -186,7 +202,7 @@ class Builder:
             return model
 
         return find_or_build(self.builds, key, log, self.lookup, make, prefix="sim",
-                             reused="model reused, nothing compiled")  # fmt: skip
+                             reused="model reused, nothing compiled", slots=self.slots)  # fmt: skip
 
     def _build(self, model: Model, filename: str | None, source: bytes | None, log: LogFn) -> None:
         tools = self.toolchain()
@@ -204,38 +220,31 @@ class Builder:
         log(f"sim: building {what} (key {model.key[:12]})")
 
         # Step 1: elaborate, sandboxed ------------------------------------------------------------
-        work = self.work / f"{model.key[:12]}-{uuid.uuid4().hex[:8]}"
-        (work / "tmp").mkdir(parents=True)
-        try:
-            design_name = _safe_name(filename) if filename is not None else None
-            if design_name is not None and source is not None:
-                (work / design_name).write_bytes(source)
-                (src / design_name).write_bytes(source)
-            limits = self.elaboration_limits
-            request = {
-                "design": design_name, "language": model.language, "config": self.soc.to_json(),
-                "ident": model.ident, "top": TOP, "out": "out", "limits": limits.to_json(),
-            }  # fmt: skip
-            (work / "request.json").write_text(json.dumps(request))
-            log(f"sim: step 1/2: elaborate the SoC with LiteX ({self.sandbox.describe()})")
-            env = sandbox.clean_env({"PYTHONPATH": str(PROJECT_ROOT), "HOME": str(work),
-                                     "TMPDIR": str(work / "tmp")})  # fmt: skip
-            jail = Confinement(writable=(work,), readable=CHILD_PACKAGES,
-                               processes=limits.processes)  # fmt: skip
-            done = sandbox.run(
-                self._command([tools.python, "-m", "sim.elaborate", "request.json"], work, jail),
-                cwd=work, env=env, timeout=max(1.0, deadline - time.monotonic()), log=log,
-                max_output=self.max_output,
-            )  # fmt: skip
-            self._check_elaborated(done, work / "out" / "result.json", user)
-            verilog = (work / "out" / f"{TOP}.v").read_text()
-            result = json.loads((work / "out" / "result.json").read_text())
-            (src / f"{TOP}.v").write_text(_strip_verilog(verilog, src))
-            for name in result["data_files"]:
-                shutil.copyfile(work / "out" / name, src / name)
-            shutil.copyfile(work / "out" / "csr.json", src / "csr.json")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        design_name = _safe_name(filename) if filename is not None else None
+        if design_name is not None and source is not None:
+            (src / design_name).write_bytes(source)
+        request = {"language": model.language, "config": self.soc.to_json(),
+                   "ident": model.ident, "top": TOP}  # fmt: skip
+        log(f"sim: step 1/2: elaborate the SoC with LiteX ({self.sandbox.describe()}; "
+            f"{sandbox.describe_bounds(ELABORATION_TREE)})")  # fmt: skip
+        files = elaborate(
+            self.sandbox, tools.python, self.work / f"{model.key[:12]}-{uuid.uuid4().hex[:8]}",
+            request, design_name, source, self.elaboration_limits, _SIM_OUTPUTS,
+            timeout=max(1.0, deadline - time.monotonic()), log=log, max_output=self.max_output,
+            fail=lambda message: self._fail(user, message),
+        )  # fmt: skip
+        result = json.loads(files["result.json"])
+        data_files = result.get("data_files")
+        if not isinstance(data_files, list) or not all(
+            isinstance(name, str) and name.endswith(".init") and name in files
+            for name in data_files
+        ):
+            raise self._fail(user, "the elaboration handed back a result that does not add up")
+        outputs = {name: files[name] for name in data_files}
+        verilog = files[f"{TOP}.v"].decode("utf-8", "replace")
+        outputs[f"{TOP}.v"] = _strip_verilog(verilog, src).encode()
+        outputs["csr.json"] = files["csr.json"]
+        bundle.write_into(src, outputs)
 
         # Step 2: verilate -------------------------------------------------------------------------
         sources = [str(src / f"{TOP}.v")]
@@ -246,7 +255,8 @@ class Builder:
             "build_dir": str(model.folder / "model"), "limits": self.limits.to_json(),
         }  # fmt: skip
         (src / "verilate.json").write_text(json.dumps(verilate))
-        log(f"sim: step 2/2: compile the model with Verilator {tools.versions['verilator']}")
+        log(f"sim: step 2/2: compile the model with Verilator {tools.versions['verilator']} "
+            f"({sandbox.describe_bounds(COMPILE_TREE)})")  # fmt: skip
         errors: list[str] = []
 
         def tee(line: str) -> None:
@@ -254,17 +264,24 @@ class Builder:
                 errors.append(line)
             log(line)
 
+        # The compile writes only the model's folder (and the compiler cache); what it
+        # leaves there is taken back before anything runs it.
+        compiled = model.folder / "model"
+        compiled.mkdir()
         env = sandbox.clean_env(tools.build_env(self.ccache, self.root), path=tools.build_path())
-        env.update(PYTHONPATH=str(PROJECT_ROOT), TMPDIR=str(src), HOME=str(model.folder))
+        env.update(PYTHONPATH=str(PROJECT_ROOT), HOME=str(compiled),
+                   TMPDIR=str(self.sandbox.workdir(compiled)))  # fmt: skip
         self.ccache.mkdir(parents=True, exist_ok=True)
-        jail = Confinement(writable=(model.folder, self.ccache), readable=CHILD_PACKAGES,
-                           processes=self.limits.processes)  # fmt: skip
-        done = sandbox.run(
-            self._command([tools.python, "-m", "sim.verilate", str(src / "verilate.json")],
-                          src, jail),
-            cwd=src, env=env, timeout=max(1.0, deadline - time.monotonic()), log=tee,
-            max_output=self.max_output,
-        )  # fmt: skip
+        jail = Confinement(writable=(compiled, self.ccache), readable=(*CHILD_PACKAGES, src),
+                           processes=self.limits.processes, tmp_size=COMPILE_SCRATCH)  # fmt: skip
+        with sandbox.bounded("compile", COMPILE_TREE) as group:
+            done = sandbox.run(
+                self._command([tools.python, "-m", "sim.verilate", str(src / "verilate.json")],
+                              compiled, jail, group),
+                cwd=compiled, env=env, timeout=max(1.0, deadline - time.monotonic()), log=tee,
+                max_output=self.max_output, group=group,
+            )  # fmt: skip
+        self.sandbox.reclaim(compiled)
         self._check_verilated(done, errors, model, src, user)
 
         took = time.monotonic() - started
@@ -274,11 +291,14 @@ class Builder:
             "soc": self.soc.to_json(), "created": time.time(),
         }  # fmt: skip
         (model.folder / "build.json").write_text(json.dumps(info, indent=2))
+        sandbox.reclaim(model.folder)  # a finished build is read-only, the worker's
         log(f"sim: model built in {took:.1f} s")
 
-    def _command(self, cmd: list[str], cwd: Path, jail: Confinement) -> list[str]:
+    def _command(
+        self, cmd: list[str], cwd: Path, jail: Confinement, group: Group | None
+    ) -> list[str]:
         try:
-            return self.sandbox.command(cmd, cwd, jail)
+            return self.sandbox.command(cmd, cwd, jail, group)
         except SandboxUnavailable as exc:
             raise ToolchainError(str(exc)) from None
 
@@ -287,11 +307,6 @@ class Builder:
     def _fail(self, user: bool, message: str) -> BuildError:
         return DesignBuildError(message) if user else ToolchainError(f"base SoC: {message}")
 
-    def _check_elaborated(self, done: sandbox.Finished, result_file: Path, user: bool) -> None:
-        failure = _elaboration_failure(done, result_file, self.timeout, self.max_output)
-        if failure is not None:
-            raise self._fail(user, failure)
-
     def _check_verilated(
         self, done: sandbox.Finished, errors: list[str], model: Model, src: Path, user: bool
     ) -> None:
@@ -299,11 +314,13 @@ class Builder:
             raise self._fail(user, f"the Verilator build took longer than {self.timeout:.0f} s")
         if done.overflowed:
             raise self._fail(user, overflow_message("the Verilator build", self.max_output))
-        if done.returncode == 0 and model.executable.exists():
+        if done.returncode == 0 and model.executable.is_file():
             return
         if errors:
             first = errors[0].replace(f"{src}/", "")
-            raise self._fail(user, first)
+            raise self._fail(user, with_bound(first, done))
+        if done.bound:
+            raise self._fail(user, f"the Verilator model did not compile: {done.bound}")
         last = _last_error_line(done.tail)
         raise self._fail(
             user, "the Verilator model did not compile" + (f": {last}" if last else "")
@@ -319,26 +336,112 @@ def overflow_message(step: str, max_output: int) -> str:
     return f"{step} printed more than {max_output / (1 << 20):g} MiB of output and was stopped"
 
 
+#: What a simulation elaboration may hand back (``hil.bundle``): its result, the SoC's
+#: Verilog, the memory map and LiteX's memory initialisation files.
+_SIM_OUTPUTS = re.compile(rf"result\.json|csr\.json|{TOP}\.v|[A-Za-z0-9_][A-Za-z0-9_.-]*\.init")
+#: Bytes an elaboration may hand back, all files together.
+MAX_ELABORATED = 64 << 20
+#: Its private scratch folder (memory-backed: it counts against its memory too).
+ELABORATION_SCRATCH = 256 << 20
+
+
+def elaborate(
+    jail: Sandbox,
+    python: str,
+    work: Path,
+    request: dict[str, Any],
+    design_name: str | None,
+    source: bytes | None,
+    limits: Limits,
+    allowed: re.Pattern[str],
+    *,
+    tree: TreeLimits = ELABORATION_TREE,
+    timeout: float,
+    log: LogFn,
+    max_output: int,
+    fail: Callable[[str], BuildError],
+) -> dict[str, bytes]:
+    """Run ``sim.elaborate`` for ``request`` in the sandbox: the design and the request in
+    ``work/in`` (read-only to it), its outputs back over its result pipe, checked against
+    ``allowed`` (names) and read as hostile input. Returns them by name (``result.json``
+    among them, a success); raises ``fail(message)``."""
+    inputs = work / "in"
+    inputs.mkdir(parents=True)
+    inputs.chmod(0o755)  # the sandbox's uid reads it; only the worker writes it
+    try:
+        if design_name is not None and source is not None:
+            (inputs / design_name).write_bytes(source)
+        scratch = jail.workdir(work / "scratch")
+        if not jail.enabled:
+            scratch.mkdir()
+        request = {**request, "design": design_name, "input": str(inputs), "out": "out",
+                   "limits": limits.to_json()}  # fmt: skip
+        (inputs / "request.json").write_text(json.dumps(request))
+        for path in inputs.iterdir():
+            path.chmod(0o644)
+        env = sandbox.clean_env({"PYTHONPATH": str(PROJECT_ROOT), "HOME": str(scratch),
+                                 "TMPDIR": str(scratch)})  # fmt: skip
+        confinement = Confinement(
+            writable=(), readable=(*CHILD_PACKAGES, inputs), processes=limits.processes,
+            tmp_size=ELABORATION_SCRATCH,
+        )  # fmt: skip
+        with sandbox.bounded("elaborate", tree) as group:
+            try:
+                cmd = jail.command([python, "-m", "sim.elaborate", str(inputs / "request.json")],
+                                   scratch, confinement, group)  # fmt: skip
+            except SandboxUnavailable as exc:
+                raise ToolchainError(str(exc)) from None
+            done = sandbox.run(cmd, cwd=scratch if not jail.enabled else inputs, env=env,
+                               timeout=timeout, log=log, max_output=max_output,
+                               max_result=MAX_ELABORATED, group=group)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    files: dict[str, bytes] = {}
+    if done.result_overflowed:
+        raise fail(f"the elaboration handed back more than {MAX_ELABORATED >> 20} MiB of files")
+    if done.result:
+        try:
+            files = bundle.read(done.result, allowed.fullmatch)  # type: ignore[arg-type]
+        except bundle.BundleError as exc:
+            raise fail(f"the elaboration handed back {exc}: refused") from None
+    failure = _elaboration_failure(done, files.get("result.json"), timeout, max_output)
+    if failure is not None:
+        if "No space left on device" in failure:
+            failure += f"; its scratch folder holds {ELABORATION_SCRATCH >> 20} MiB"
+        raise fail(failure)
+    return files
+
+
 def _elaboration_failure(
-    done: sandbox.Finished, result_file: Path, timeout: float, max_output: int = MAX_OUTPUT
+    done: sandbox.Finished, result_json: bytes | None, timeout: float, max_output: int = MAX_OUTPUT
 ) -> str | None:
     """Why the elaboration child failed (one line), or None if it succeeded."""
     if done.timed_out:
-        return f"elaboration took longer than {timeout:.0f} s"
+        return with_bound(f"elaboration took longer than {timeout:.0f} s", done)
     if done.overflowed:
         return overflow_message("elaboration", max_output)
     try:
-        result = json.loads(result_file.read_text())
-    except (OSError, ValueError):
+        result = json.loads(result_json) if result_json is not None else None
+    except ValueError:
         result = None
-    if done.returncode == 0 and result and result.get("ok"):
+    if not isinstance(result, dict):
+        result = None
+    if done.returncode == 0 and result and result.get("ok") is True:
         return None
-    if result and not result.get("ok"):
-        return str(result.get("error") or "the design does not elaborate")
+    if result and result.get("ok") is False:
+        error = str(result.get("error") or "the design does not elaborate").splitlines()[0]
+        return with_bound(error, done)
     how = f"signal {done.signal_name}" if done.signal_name else f"status {done.returncode}"
+    if done.bound:
+        return f"elaboration stopped with {how}: {done.bound}"
     last = _last_error_line(done.tail)
     limit = LIMIT_SIGNALS.get(done.signal_name or "", "")
     return f"elaboration stopped with {how}{limit}" + (f": {last}" if last else "")
+
+
+def with_bound(message: str, done: sandbox.Finished) -> str:
+    """``message``, and which bound of its whole process tree the step hit, if one."""
+    return f"{message}; {done.bound}" if done.bound else message
 
 
 def _last_error_line(lines: list[str]) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hil.slots import BuildSlots
 from sim.toolchain import PROJECT_ROOT
 
 LogFn = Callable[[str], None]
@@ -64,9 +65,11 @@ def find_or_build(
     *,
     prefix: str,
     reused: str,
+    slots: BuildSlots | None = None,
 ) -> T:
     """The build ``key``: from the cache if ``lookup`` finds it, else made by ``make`` in
-    ``builds/<key>`` under the key's lock (a build that fails leaves nothing behind)."""
+    ``builds/<key>`` under the key's lock (a build that fails leaves nothing behind),
+    holding one of ``slots`` (the host's bound on builds at once) while it runs."""
     found = lookup(key)
     if found is not None:
         log(f"{prefix}: build cache hit {key[:12]}: {reused}")
@@ -79,11 +82,12 @@ def find_or_build(
             log(f"{prefix}: build cache hit {key[:12]} (built meanwhile by another job)")
             return found
         folder = builds / key
-        try:
-            return make(folder)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        with slots.hold(log, prefix) if slots is not None else contextlib.nullcontext():
+            try:
+                return make(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
 
 @contextlib.contextmanager

@@ -8,9 +8,12 @@ files, constraints, the yosys script and the build script) and runs no tool; the
 parent runs them (``hil.bitstream``).
 
 This is where a user's Python runs. The child sets its own resource limits before
-it loads anything, works in its own folder, and reports through ``result.json``:
-``{"ok": true, ...}`` or ``{"ok": false, "error": one line}`` (exit status 2); any
-other failure is ours (exit status 1, with a traceback in the output).
+it loads anything, reads the design from ``input`` (a folder it cannot write), works in
+its own scratch folder and reports through ``result.json``: ``{"ok": true, ...}`` or
+``{"ok": false, "error": one line}`` (exit status 2); any other failure is ours (exit
+status 1, with a traceback in the output). It hands ``result.json`` and what it wrote
+back over its result pipe (``hil.bundle``), which the parent reads as hostile input:
+the design's code ran in this very process, and may have written anything there.
 """
 
 from __future__ import annotations
@@ -23,13 +26,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from hil import bundle
 from sim.sandbox import apply_limits
 
 DESIGN_ERROR = 2
-
-
-def _write_result(out: Path, result: dict[str, Any]) -> None:
-    (out / "result.json").write_text(json.dumps(result))
 
 
 def _failed(exc: Exception) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def elaborate(request: dict[str, Any], out: Path) -> dict[str, Any]:
         language = request["language"]
         print(f"elaborate: loading {name} ({language})", flush=True)
         try:
-            design, language = load(name, Path(name).read_bytes())
+            design, language = load(name, (Path(request["input"]) / name).read_bytes())
         except DesignLoadError as exc:
             if exc.details:
                 print(exc.details.rstrip(), flush=True)
@@ -101,7 +101,7 @@ def _for_board(
         platform = make_platform(board, request["platform"]["device"])
         if verilog is not None:
             # Next to LiteX's own files: the tools see nothing outside this folder.
-            shutil.copyfile(verilog, gateware / verilog)
+            shutil.copyfile(Path(request["input"]) / verilog, gateware / verilog)
             platform.add_source(str((gateware / verilog).resolve()))
         soc = LabSoC(platform, config, design=design, ident=request["ident"],
                      crg=make_crg(platform, board))  # fmt: skip
@@ -136,8 +136,19 @@ def main(argv: list[str]) -> int:
     out = Path(request["out"])
     out.mkdir(parents=True, exist_ok=True)
     result = elaborate(request, out)
-    _write_result(out, result)
+    # The result goes from memory: a design may have filled the scratch folder.
+    outcome = {"result.json": json.dumps(result).encode()}
+    bundle.send(out, _outputs(request, result), outcome)
     return 0 if result["ok"] else DESIGN_ERROR
+
+
+def _outputs(request: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """What goes back to the parent besides the result: on success, what the build needs."""
+    if not result["ok"]:
+        return []
+    if request.get("platform"):
+        return ["csr.json", *(f"{result['gateware']}/{f}" for f in result["files"])]
+    return [f"{request['top']}.v", "csr.json", *result["data_files"]]
 
 
 if __name__ == "__main__":

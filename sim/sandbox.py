@@ -36,14 +36,18 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from hil.bundle import RESULT_FD_VARIABLE
+from hil.cgroups import Cgroups, Group, TreeLimits
 
 #: Lines of a step's output forwarded to the log before the rest is only counted.
 MAX_FORWARDED_LINES = 20_000
@@ -178,16 +182,32 @@ class Sandbox:
             if problem:
                 raise SandboxUnavailable(problem)
 
-    def command(self, cmd: Sequence[str], cwd: Path, confinement: Confinement) -> list[str]:
-        """``cmd`` wrapped in the sandbox, to run in ``cwd``. Run as root, this first hands
-        the writable folders to the sandbox's uid. Raises SandboxUnavailable."""
+    def workdir(self, fallback: Path) -> Path:
+        """Where a step works and writes: in the sandbox, its private ``/tmp`` (a tmpfs of
+        ``Confinement.tmp_size`` that the worker never sees, gone with the step);
+        unsandboxed, ``fallback``, a fresh folder of the caller's."""
+        return Path("/tmp") if self.enabled else fallback
+
+    def reclaim(self, folder: Path) -> None:
+        """Take back a folder a step could write, before anything of the lab reads or runs
+        what is in it: links and anything but files and folders removed, the rest made
+        the worker's and read-only. The step must have ended (nothing else writes it)."""
+        reclaim(folder)
+
+    def command(
+        self, cmd: Sequence[str], cwd: Path, confinement: Confinement, group: Group | None = None
+    ) -> list[str]:
+        """``cmd`` wrapped in the sandbox, to run in ``cwd``, and in ``group`` (its cgroup,
+        see ``bounded``) if given. Run as root, this first hands the writable folders to
+        the sandbox's uid. Raises SandboxUnavailable."""
+        join = group.launcher() if group is not None else []
         if not self.enabled:
-            return list(cmd)
+            return [*join, *cmd]
         self.check()
         if self.as_root:
             for folder in confinement.writable:
                 _hand_over(folder, self.uid)
-        return _bwrap_argv(cmd, cwd, confinement, self.uid if self.as_root else None)
+        return [*join, *_bwrap_argv(cmd, cwd, confinement, self.uid if self.as_root else None)]
 
 
 def _tools() -> dict[str, str | None]:
@@ -269,6 +289,29 @@ def _hand_over(folder: Path, uid: int) -> None:
         os.chown(folder, uid, uid)
 
 
+def reclaim(folder: Path) -> None:
+    """See ``Sandbox.reclaim``. Never follows a link: ``os.fwalk`` keeps to directory
+    descriptors, and every change is made relative to one."""
+    uid, gid = os.geteuid(), os.getegid()
+    top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for _, dirs, files, fd in os.fwalk(dir_fd=top, topdown=False):
+            for name in [*files, *dirs]:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                kind = stat.S_IFMT(info.st_mode)
+                if kind not in (stat.S_IFREG, stat.S_IFDIR):
+                    os.unlink(name, dir_fd=fd)  # a link, a FIFO, a socket, a device
+                    continue
+                if info.st_uid != uid or info.st_gid != gid:
+                    os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                keep = 0o755 if kind == stat.S_IFDIR else (info.st_mode & 0o555) | 0o444
+                os.chmod(name, keep, dir_fd=fd)  # not a link: checked above, nothing races
+        os.fchown(top, uid, gid)
+        os.fchmod(top, 0o755)
+    finally:
+        os.close(top)
+
+
 @functools.lru_cache(maxsize=4)
 def _probe(as_root: bool, uid: int) -> str | None:
     """Why the sandbox cannot run here, or None if a trivial command runs in it."""
@@ -292,6 +335,26 @@ def _probe(as_root: bool, uid: int) -> str | None:
             f"the kernel must allow unprivileged user namespaces, {fix}")  # fmt: skip
 
 
+# Bounds on a whole process tree ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bounded(name: str, limits: TreeLimits | None) -> Iterator[Group | None]:
+    """A cgroup bounding a step's whole process tree (``hil.cgroups``) for the block, or
+    None where the machine has none to give (then only the per-process limits hold)."""
+    group = Cgroups.detect().create(name, limits) if limits is not None else None
+    try:
+        yield group
+    finally:
+        if group is not None:
+            group.close()
+
+
+def describe_bounds(limits: TreeLimits) -> str:
+    """A few words for the build log: what bounds the step's whole tree, or why nothing does."""
+    return Cgroups.detect().describe(limits)
+
+
 # Running a step ----------------------------------------------------------------------------------
 
 
@@ -304,6 +367,12 @@ class Finished:
     tail: list[str]
     #: It printed more than the step's output cap and was killed for it.
     overflowed: bool = False
+    #: What it wrote to its result pipe (``hil.bundle``), when it was given one.
+    result: bytes = b""
+    #: It wrote more than the result cap to that pipe and was killed for it.
+    result_overflowed: bool = False
+    #: The bound of its cgroup it hit, in words ("it reached its memory limit (…)").
+    bound: str | None = None
 
     @property
     def signal_name(self) -> str | None:
@@ -341,22 +410,44 @@ def run(
     prefix: str = "",
     tail_lines: int = 60,
     max_output: int = MAX_OUTPUT,
+    max_result: int | None = None,
+    group: Group | None = None,
 ) -> Finished:
     """Run ``cmd``, forward each output line to ``log``, and kill its whole process
-    group at ``timeout`` seconds or past ``max_output`` bytes of output."""
+    group at ``timeout`` seconds or past ``max_output`` bytes of output.
+
+    ``max_result``: give the step a result pipe (its fd in ``FPGALAB_RESULT_FD``, see
+    ``hil.bundle``) and collect at most that many bytes from it (more: it is killed).
+    ``group``: the cgroup ``cmd`` joins (``Sandbox.command``): what is left of the step
+    when it ends is killed through it, and the bound it hit is reported."""
     started = time.monotonic()
     deadline = started + timeout
-    sandboxed = Path(cmd[0]).name == "bwrap"
+    sandboxed = _tools()["bwrap"] in cmd
     tail: deque[str] = deque(maxlen=tail_lines)
     forwarded = 0
     received = 0
-    proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    env = dict(env)
+    result_r = result_w = -1
+    if max_result is not None:
+        result_r, result_w = os.pipe()
+        env[RESULT_FD_VARIABLE] = str(result_w)
+    try:
+        proc = subprocess.Popen(
+            list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=[result_w] if result_w >= 0 else [],
+        )  # fmt: skip
+    except BaseException:
+        for fd in (result_r, result_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    if result_w >= 0:
+        os.close(result_w)  # the step holds the only write end: EOF when it is gone
     assert proc.stdout is not None
-    timed_out = overflowed = False
+    timed_out = overflowed = result_overflowed = False
     pending = b""
+    result = bytearray()
 
     def emit(raw: bytes) -> None:
         nonlocal forwarded
@@ -369,33 +460,39 @@ def run(
             log(f"{prefix}... (more output not shown)")
 
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stdout, selectors.EVENT_READ, "output")
+        if result_r >= 0:
+            sel.register(result_r, selectors.EVENT_READ, "result")
         try:
-            while True:
+            while sel.get_map():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
                     break
-                if not sel.select(min(left, 1.0)):
-                    continue
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
+                for key, _ in sel.select(min(left, 1.0)):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                    elif key.data == "result":
+                        result += chunk
+                        result_overflowed = len(result) > (max_result or 0)
+                    else:
+                        received += len(chunk)
+                        overflowed = received > max_output
+                        if not overflowed:
+                            pending += chunk
+                            *lines, pending = pending.split(b"\n")
+                            for raw in lines:
+                                emit(raw)
+                            if len(pending) > MAX_LINE:  # no newline in sight: do not hoard it
+                                emit(pending)
+                                pending = b""
+                if overflowed or result_overflowed:
                     break
-                received += len(chunk)
-                if received > max_output:
-                    overflowed = True
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    emit(raw)
-                if len(pending) > MAX_LINE:  # no newline in sight: do not hoard it
-                    emit(pending)
-                    pending = b""
             if pending:
                 emit(pending)
-            if not (timed_out or overflowed) and not _exited(proc.pid, deadline):
-                timed_out = True
+            if not (timed_out or overflowed or result_overflowed):
+                timed_out = not _exited(proc.pid, deadline)
         finally:
             if sandboxed:
                 # The leader is bwrap, its child the pid namespace's init. Killed, that
@@ -409,10 +506,17 @@ def run(
             # its own: kill whatever is left of the session (make, compilers, ...).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            if group is not None:
+                group.kill()  # whatever left the session (setsid) is still in the group
             proc.stdout.close()
+            if result_r >= 0:
+                os.close(result_r)
     returncode = proc.wait()
     took = time.monotonic() - started
-    return Finished(returncode, timed_out, took, list(tail), overflowed)
+    kept = b"" if result_overflowed else bytes(result)
+    bound = group.verdict() if group is not None else None
+    return Finished(returncode, timed_out, took, list(tail), overflowed, kept, result_overflowed,
+                    bound)  # fmt: skip
 
 
 def _children(pid: int) -> list[int]:

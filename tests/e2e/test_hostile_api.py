@@ -10,14 +10,31 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import uuid
+from pathlib import Path
 
 import pytest
 
+from tests.designs import shell_design
 from tests.e2e.conftest import StartLab
-from tests.e2e.test_api import BUILD_TIMEOUT, USER, Read, logs, read, reserve_design, reset, write
+from tests.e2e.test_api import (
+    BUILD_TIMEOUT,
+    RUN_TIMEOUT,
+    USER,
+    Read,
+    logs,
+    post_run,
+    read,
+    reserve_design,
+    reset,
+    result_of,
+    write,
+)
 from tests.helpers import board, submit, wait_job
 
 pytestmark = pytest.mark.sim
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
 
 
 def caller(port: int) -> str:
@@ -74,3 +91,45 @@ async def test_a_hostile_design_fails_its_job_while_another_board_serves(
 
     await reset(lab, 7)  # the design's board is usable again
     assert (await board(lab, 7))["health"] == "good"
+
+
+async def test_links_in_a_boards_folder_leak_nothing_and_reset_heals(
+    start_lab: StartLab, example: Read, tmp_path: Path
+) -> None:
+    """A Verilog design that, on a write, turns its simulator's log and results into links
+    to the worker's environment and to a host file, plants a Python module and ends the
+    simulation: the failed run's error and log hold none of the worker's secrets, the host
+    file is untouched, and release then reset bring the board back, healthy, for a next
+    tenant who sees nothing of it."""
+    secret = tmp_path / "host-secret"
+    secret.write_text(f"{SECRET}\n")
+    secret.chmod(0o600)
+    attack = (
+        "rm -f simulator.log results.xml; ln -s /proc/self/environ simulator.log; "
+        f"ln -s {secret} results.xml; mkdir -p sim; touch sim/__init__.py; "
+        f'echo \'open("{tmp_path}/owned", "w")\' > sim/harness.py; echo links planted'
+    )
+    lab = await start_lab([6])
+    await reserve_design(lab, 6, "links.v", shell_design(attack, fatal=0).encode())
+    job_id = await post_run(lab, 6, {"op": 1, "address": USER, "data": [1]})
+    job = await wait_job(lab, 6, job_id, timeout=RUN_TIMEOUT)
+    assert job["status"] == "failed", job
+    seen = job["error"] + await logs(lab, 6, job_id) + str(await result_of(lab, 6, job_id))
+    assert SECRET not in seen
+    for entry in environment():
+        assert entry not in seen
+
+    await reset(lab, 6, "release")
+    assert (await board(lab, 6))["health"] == "good"
+    await reserve_design(lab, 6, "accumulator.v", example("accumulator.v"))
+    await write(lab, 6, USER, [40, 2])
+    assert await read(lab, 6, USER + 8) == [42]
+    await reset(lab, 6)
+    assert secret.read_text() == f"{SECRET}\n"
+    assert not (tmp_path / "owned").exists()
+
+
+def environment() -> list[str]:
+    """The entries of this process's environment (the worker's, in these tests)."""
+    raw = Path("/proc/self/environ").read_bytes().split(b"\0")
+    return [entry.decode("utf-8", "replace") for entry in raw if b"=" in entry]

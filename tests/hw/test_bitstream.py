@@ -199,9 +199,8 @@ def test_yosys_script_gains_the_loop_check_and_loses_paths() -> None:
         _synthesis_script(litex.replace(f"{folder}/ring.v", "/etc/passwd"), folder)
 
 
-def test_loop_message_quotes_the_loop_in_the_source(tmp_path: Path) -> None:
+def test_loop_message_quotes_the_loop_in_the_source() -> None:
     """yosys' loop report becomes one line quoting the statements in the loop."""
-    (tmp_path / "ring.v").write_text(RING_OSCILLATOR)
     report = [
         "Warning: found logic loop in module lab_soc:",
         "    cell $flatten\\user_design_i.$not$ring.v:14$268 ($not) source: ring.v:14.16-14.18",
@@ -215,11 +214,29 @@ def test_loop_message_quotes_the_loop_in_the_source(tmp_path: Path) -> None:
     output = ToolOutput(lambda line: None)
     for line in report:
         output(line)
-    assert _loop_message(output, tmp_path) == (
+    assert _loop_message(output, {"ring.v": RING_OSCILLATOR.encode()}) == (
         "combinational loop, refused (it can oscillate and overheat the board) (2 loops found; "
         "the first): ring.v:14 `assign a = ~c;` -> ring.v:15 `assign b = ~a;`"
     )
     assert output.errors == []
+
+
+def test_loop_message_never_opens_a_file_yosys_names(tmp_path: Path) -> None:
+    """A `line directive makes yosys name any path as a loop's source: the message names
+    it and quotes nothing, whatever the file holds (a secret, /dev/zero, /proc/self/environ)."""
+    secret = tmp_path / "secret"
+    secret.write_text("line one\nTOP-SECRET-VALUE\n")
+    report = ["Warning: found logic loop in module lab_soc:"]
+    for path in (secret, Path("/dev/zero"), Path("/proc/self/environ")):
+        report.append(f"    cell $not$x$1 ($not) source: {path}:2.1-2.9")
+    output = ToolOutput(lambda line: None)
+    for line in report:
+        output(line)
+    message = _loop_message(output, {"ring.v": RING_OSCILLATOR.encode()})
+    assert message == (
+        "combinational loop, refused (it can oscillate and overheat the board): "
+        f"{secret}:2 -> /dev/zero:2 -> /proc/self/environ:2"
+    )
 
 
 def test_design_that_does_not_elaborate_fails_as_the_designs_fault(
@@ -314,6 +331,27 @@ def test_ring_oscillator_is_refused_naming_the_loop(bitstreams: BitstreamBuilder
         "ring.v:14 `assign a = ~c;` -> ring.v:15 `assign b = ~a;` -> ring.v:16 `assign c = ~b;`"
     )
     assert not [line for line in log if "step 3/4" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_line_directives_naming_host_files_make_the_worker_read_nothing(
+    bitstreams: BitstreamBuilder,
+) -> None:
+    """A loop whose statements claim (by `line directives) to come from the worker's
+    environment, /dev/zero and a root-only file: refused at once, naming those places and
+    quoting nothing of them."""
+    lines = RING_OSCILLATOR.splitlines()
+    for n, path in ((15, "/proc/self/environ"), (14, "/dev/zero"), (13, "/etc/shadow")):
+        lines.insert(n, f'`line 1 "{path}" 0')
+    # Reading /dev/zero would never end: the test's timeout is the check that it is not.
+    error, _ = _fails(bitstreams, "lines.v", "\n".join(lines).encode())
+    assert error == (
+        "combinational loop, refused (it can oscillate and overheat the board): "
+        "/etc/shadow:1 -> /dev/zero:1 -> /proc/self/environ:1"
+    ), error
+    for entry in Path("/proc/self/environ").read_bytes().split(b"\0")[:20]:
+        assert entry.decode("utf-8", "replace") not in error
 
 
 @pytest.mark.slow
