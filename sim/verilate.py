@@ -93,6 +93,7 @@ def main(argv: list[str]) -> int:
         print(loop_error(loops[0], len(loops), top), flush=True)
         return 2
     lint = Path(request["build_dir"]) / "lint.vlt"  # src is read-only here
+    lint.parent.mkdir(parents=True, exist_ok=True)
     lint.write_text(LINT_CONFIG.format(top=top))
     sources: list[object] = [VerilatorControlFile(lint), *request["sources"]]
     runner = get_runner("verilator")
