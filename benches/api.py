@@ -127,10 +127,15 @@ def bare_app() -> Any:
 
 
 def serve(app: Any, port: int) -> None:
-    """One uvicorn worker, as ``fpgalab api`` runs it (no access log)."""
+    """One uvicorn worker, as ``fpgalab api`` runs it (``service.server``: the h11 protocol
+    with bounded request heads; no access log)."""
     import uvicorn
 
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False, ws="none")
+    from service import server
+    from service.settings import Settings
+
+    settings = Settings(host=HOST, port=port)
+    uvicorn.Server(server.config(app, settings, log_level="warning", access_log=False)).run()
 
 
 def role_lab(args: argparse.Namespace) -> None:

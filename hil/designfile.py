@@ -15,6 +15,15 @@ from pathlib import Path
 
 PYTHON_SUFFIXES = (".py",)
 VERILOG_SUFFIXES = (".v", ".sv")
+DESIGN_SUFFIXES = PYTHON_SUFFIXES + VERILOG_SUFFIXES
+#: A design's file name, which job records, logs and pages show: no markup, no escape
+#: sequences, no spaces, no path; the suffix (any case) is one of ``DESIGN_SUFFIXES``.
+MAX_FILENAME = 100
+FILENAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_FILENAME - 1}}}")
+FILENAME_RULE = (
+    f"1 to {MAX_FILENAME} characters of A-Z a-z 0-9 . _ + -, starting with a letter or "
+    "digit and ending in " + ", ".join(DESIGN_SUFFIXES)
+)
 VERILOG_TOP = "user_design"
 VERILOG_PORTS = ("clk", "rst", "wb_adr", "wb_dat_w", "wb_dat_r", "wb_sel", "wb_cyc", "wb_stb",
                  "wb_we", "wb_ack")  # fmt: skip
@@ -27,6 +36,23 @@ class DesignLoadError(Exception):
         super().__init__(message)
         #: Longer output for the build log (a traceback), if any.
         self.details = details
+
+
+def filename_problem(filename: str) -> str | None:
+    """Why ``filename`` is not a design's file name (``FILENAME_RULE``), or None."""
+    if not filename:
+        return "the file has no name"
+    if len(filename) > MAX_FILENAME:
+        return f"the name is {len(filename)} characters long"
+    if not FILENAME.fullmatch(filename):
+        bad = next((i for i, c in enumerate(filename) if not FILENAME.fullmatch("a" + c)), None)
+        if bad is None:
+            return f"the name starts with {filename[0]!a}"
+        return f"character {filename[bad]!a} at position {bad + 1} is not allowed"
+    if not filename.lower().endswith(DESIGN_SUFFIXES):
+        suffix = Path(filename).suffix
+        return f"{filename} has " + (f"the suffix {suffix}" if suffix else "no suffix")
+    return None
 
 
 def language_of(filename: str) -> str:

@@ -13,6 +13,7 @@ from service import handlers
 from service.auth import KeyRing
 from service.bodylimit import MUTATING, BodyLimit
 from service.guard import MutationGuard
+from service.head import HeadAsGet
 from service.routes import audit, boards, health, jobs, sessions
 from service.settings import Settings
 from service.store import Store
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # no 307 from /fpga/3/ to http://<whatever Host said>/fpga/3: an unknown path is a 404
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.keyring = keyring
@@ -70,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ]
     # the last added runs first: the guard sees (and audits) what the body limit refuses
     app.add_middleware(BodyLimit)
-    app.add_middleware(MutationGuard, routes=mutating)
+    app.add_middleware(MutationGuard, routes=mutating, trusted_proxies=settings.trusted_proxies)
+    app.add_middleware(HeadAsGet)
     for module in modules:
         app.include_router(module.router)
     return app

@@ -1,16 +1,22 @@
 """The audit trail: one record per mutating call, refused ones included, in a capped
 Redis Stream (``fpgalab:audit``, ``XADD ... MAXLEN ~``).
 
-A record says who called (the caller's name, never the key), what (method, path and
-the route's name), which board and job, the status answered and, for a refusal, its
-error code. When is the entry's id: the Redis server's clock, in milliseconds, the
-one clock every API replica shares. Admins read it through ``GET /audit``.
+A record says who called (the caller's name, never the key, and the client's address),
+what (method, path and the route's name), which board and job, the status answered and,
+for a refusal, its error code. When is the entry's id: the Redis server's clock, in
+milliseconds, the one clock every API replica shares. Admins read it through
+``GET /audit``. Calls with unknown keys past their address's limit are counted instead
+(``service.ratelimit``): one record with a ``count`` stands for many.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from redis.exceptions import OutOfMemoryError
 
 from service import keys
 
@@ -30,6 +36,7 @@ class AuditRecord:
     job_id: str
     status: int
     error: str
+    client: str = ""
 
     def fields(self) -> dict[str, str]:
         return {name: str(value) for name, value in asdict(self).items()}
@@ -42,9 +49,12 @@ class AuditRecord:
 class AuditLog:
     """Writes and reads the audit stream of one Redis client."""
 
-    def __init__(self, redis: Any, max_entries: int) -> None:
+    def __init__(
+        self, redis: Any, max_entries: int, flush: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._redis = redis
         self.max_entries = max_entries
+        self._flush = flush  # writes pending counts of refused calls, before a read
 
     async def record(self, record: AuditRecord) -> None:
         await self._redis.xadd(
@@ -62,6 +72,9 @@ class AuditLog:
         given, of one board and/or one caller if given."""
         if before is not None and before.strip("-0") == "":
             return []  # nothing is older than the first possible id, 0-0
+        if self._flush is not None:
+            with contextlib.suppress(OutOfMemoryError):  # a full Redis can still be read
+                await self._flush()
         wanted: dict[str, str] = {}
         if fpga_id is not None:
             wanted["fpga_id"] = str(fpga_id)

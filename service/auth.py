@@ -3,14 +3,23 @@
 ``FPGALAB_API_KEYS="alice=k1,ci=k2,ops=k3:admin"`` or a keys file with one such
 entry per line. With no keys at all the lab runs open: every caller is
 ``anonymous`` with every right, as the prototype was.
+
+A caller without a known key is known only by its address (``client_address``): the
+socket's peer, or, when that peer is a trusted reverse proxy
+(``FPGALAB_TRUSTED_PROXIES``), the address that proxy put in ``X-Forwarded-For``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from service.settings import Settings
 
@@ -90,3 +99,48 @@ def parse_entries(items: list[str], source: str) -> list[tuple[str, str, bool]]:
             raise KeyFileError(f"{source}: entry {n}: the name {name!r} has a space, ':' or brace")
         entries.append((name, key, admin))
     return entries
+
+
+#: The longest address kept (a trusted proxy's header could hold anything).
+_MAX_ADDRESS = 64
+
+
+def _trusted(address: str, proxies: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(scope: Scope, proxies: Sequence[IPv4Network | IPv6Network]) -> str:
+    """Who sent this request, as far as the lab can tell: the socket's peer; if that peer
+    is a trusted proxy, the right-most ``X-Forwarded-For`` hop that is not one (each proxy
+    appends the peer it saw, so hops left of it are the client's to make up)."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not _trusted(peer, proxies):
+        return peer[:_MAX_ADDRESS]
+    hops = [
+        hop.strip()
+        for value in Headers(scope=scope).getlist("x-forwarded-for")
+        for hop in value.split(",")
+    ]
+    for hop in reversed(hops):
+        if hop and not _trusted(hop, proxies):
+            return hop[:_MAX_ADDRESS]
+    return peer[:_MAX_ADDRESS]
+
+
+def limit_address(address: str) -> str:
+    """The address whose bucket a call takes from: an IPv6 client's /64 (one host's or one
+    site's subnet: every address in it is the same client's), else the address."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return address
+    if not isinstance(ip, IPv6Address):
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(IPv6Network((ip, 64), strict=False))

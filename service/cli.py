@@ -183,6 +183,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _uvicorn(settings: Settings) -> int:
     import uvicorn
 
+    from service import server
     from service.app import create_app
 
     class Server(uvicorn.Server):
@@ -192,13 +193,10 @@ def _uvicorn(settings: Settings) -> int:
             # `fpgalab serve` before it stops its worker and Redis: stop cleanly instead
             self._captured_signals.clear()
 
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info",
-        access_log=False,
-    )  # fmt: skip
-    server = Server(config)
-    server.run()
-    return 0 if server.started else 1
+    config = server.config(create_app(settings), settings, log_level="info", access_log=False)
+    running = Server(config)
+    running.run()
+    return 0 if running.started else 1
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -217,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     redis: PrivateRedis | None = None
     if settings.redis_url is None:
-        redis = PrivateRedis(settings.data_dir / "redis")
+        redis = PrivateRedis(settings.data_dir / "redis", settings.redis_maxmemory)
         try:
             redis.start()
         except RedisStartError as exc:

@@ -5,6 +5,9 @@
     ├── DesignRejected            422 unsupported_design | empty_design | design_not_text
     ├── DesignTooLarge            413 design_too_large
     ├── RequestTooLarge           413 request_too_large
+    ├── BadRequest                400 bad_request              ┐ answered by the server
+    ├── RequestTimeout            408 request_timeout          │ (service.server) to a
+    ├── RequestHeadTooLarge       431 request_header_too_large ┘ head, before the app
     ├── IdempotencyKeyReused      422 idempotency_key_reused
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
@@ -13,8 +16,11 @@
     ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
     │                                 | fpga_unavailable | job_not_complete
     │                                 | job_not_cancellable | session_renew_limit
+    │                                 | too_many_boards
     ├── TooManyRequests           429 rate_limited | too_many_queued_jobs
-    └── ServiceUnavailable        503 redis_unavailable
+    │                                 | storage_budget_exceeded
+    ├── ServiceUnavailable        503 redis_unavailable | redis_full
+    └── InternalError             500 internal_error (a bug of the lab's: logged)
 
 Routes raise these; ``service.handlers`` renders each as
 ``{"detail": {"error": code, "message": message}}``, with ``headers`` (``Retry-After``)
@@ -59,6 +65,21 @@ class RequestTooLarge(LabError):
     codes = frozenset({"request_too_large"})
 
 
+class BadRequest(LabError):
+    status = 400
+    codes = frozenset({"bad_request"})
+
+
+class RequestTimeout(LabError):
+    status = 408
+    codes = frozenset({"request_timeout"})
+
+
+class RequestHeadTooLarge(LabError):
+    status = 431
+    codes = frozenset({"request_header_too_large"})
+
+
 class IdempotencyKeyReused(LabError):
     status = 422
     codes = frozenset({"idempotency_key_reused"})
@@ -90,18 +111,24 @@ class Conflict(LabError):
             "job_not_complete",
             "job_not_cancellable",
             "session_renew_limit",
+            "too_many_boards",
         }
     )
 
 
 class TooManyRequests(LabError):
     status = 429
-    codes = frozenset({"rate_limited", "too_many_queued_jobs"})
+    codes = frozenset({"rate_limited", "too_many_queued_jobs", "storage_budget_exceeded"})
 
 
 class ServiceUnavailable(LabError):
     status = 503
-    codes = frozenset({"redis_unavailable"})
+    codes = frozenset({"redis_unavailable", "redis_full"})
+
+
+class InternalError(LabError):
+    status = 500
+    codes = frozenset({"internal_error"})
 
 
 ALL_ERRORS: tuple[type[LabError], ...] = (
@@ -109,6 +136,9 @@ ALL_ERRORS: tuple[type[LabError], ...] = (
     DesignRejected,
     DesignTooLarge,
     RequestTooLarge,
+    BadRequest,
+    RequestTimeout,
+    RequestHeadTooLarge,
     IdempotencyKeyReused,
     InvalidApiKey,
     Forbidden,
@@ -116,11 +146,14 @@ ALL_ERRORS: tuple[type[LabError], ...] = (
     Conflict,
     TooManyRequests,
     ServiceUnavailable,
+    InternalError,
 )
 
 _BY_CODE = {code: cls for cls in ALL_ERRORS for code in cls.codes}
 
 
-def lab_error(code: str, message: str) -> LabError:
-    """The error for ``code`` (as returned by a Lua script), of the right class."""
-    return _BY_CODE[code](code, message)
+def lab_error(code: str, message: str, retry_after: int | None = None) -> LabError:
+    """The error for ``code`` (as returned by a Lua script), of the right class; with
+    ``retry_after``, a ``Retry-After`` header of that many seconds."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return _BY_CODE[code](code, message, headers)

@@ -2,12 +2,15 @@
 its audit record after it.
 
 For each mutating call the guard names the caller (from ``X-API-Key``; an unknown
-key is audited under no name and answered 401 by the route) and the route, then:
+key is audited under no name and answered 401 by the route), its address
+(``service.auth.client_address``) and the route, then:
 
 - a caller who is not an admin takes a token from its bucket (``service.ratelimit``);
   an empty bucket answers ``429 rate_limited`` with ``Retry-After``, and the refusal is
   audited by the same script call. Admins are exempt: they are the lab's operators,
   and in an open lab every caller is ``anonymous`` and an admin, one name for all;
+- a call with an unknown (or no) key takes a token from its address's bucket; past it,
+  ``429 rate_limited`` too, and the refusal is counted rather than recorded one by one;
 - otherwise the call runs; its answer is held until its audit record is written (one
   ``XADD``), so a record exists by the time the caller has the answer. The record
   takes the job id from the path or from the 202 body, the error code from an error
@@ -30,10 +33,11 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.audit import AuditRecord
-from service.auth import Caller, KeyRing
+from service.auth import Caller, KeyRing, client_address, limit_address
 from service.bodylimit import MUTATING
 from service.errors import TooManyRequests
-from service.handlers import error_response, redis_unavailable
+from service.handlers import error_response, redis_failure
+from service.settings import proxy_networks
 from service.store import Store
 
 log = logging.getLogger("fpgalab.api")
@@ -103,11 +107,13 @@ class _Held:
 
 class MutationGuard:
     """ASGI middleware: rate limit and audit of every mutating call; ``routes`` are the
-    app's mutating routes (to name the action and its board)."""
+    app's mutating routes (to name the action and its board), ``trusted_proxies`` the
+    ``FPGALAB_TRUSTED_PROXIES`` setting (whose X-Forwarded-For names the client)."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], trusted_proxies: str) -> None:
         self.app = app
         self.routes = list(routes)
+        self.proxies = proxy_networks(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in MUTATING:
@@ -119,6 +125,7 @@ class MutationGuard:
         caller = keyring.lookup(Headers(scope=scope).get("x-api-key"))
         action, params = _route(self.routes, scope)
         fpga_id = str(params.get("fpga_id", ""))
+        address = client_address(scope, self.proxies)
 
         def record(status: int, job_id: str = "", error: str = "") -> AuditRecord:
             return AuditRecord(
@@ -130,17 +137,24 @@ class MutationGuard:
                 job_id=str(params.get("job_id", ""))[:64] or job_id,
                 status=status,
                 error=error,
+                client=address,
             )
 
-        if caller is not None and not caller.admin and store.rate_limiter.enabled:
+        limiter = store.rate_limiter
+        if (caller is None and limiter.unknown_enabled) or (
+            caller is not None and not caller.admin and limiter.enabled
+        ):
             refused = record(429, error="rate_limited")
             try:
-                wait = await store.rate_limiter.take(caller.name, refused)
+                if caller is None:
+                    wait = await limiter.take_unknown(limit_address(address), refused)
+                else:
+                    wait = await limiter.take(caller.name, refused)
             except (RedisError, OSError) as exc:
-                await redis_unavailable(exc)(scope, receive, send)
+                await redis_failure(exc)(scope, receive, send)
                 return
             if wait:
-                await self._refuse(caller, wait)(scope, receive, send)
+                await self._refuse(caller, address, wait)(scope, receive, send)
                 return
 
         held = _Held(send)
@@ -164,10 +178,14 @@ class MutationGuard:
             await held.release()
 
     @staticmethod
-    def _refuse(caller: Caller, wait: int) -> JSONResponse:
+    def _refuse(caller: Caller | None, address: str, wait: int) -> JSONResponse:
+        who = (
+            f"{caller.name} is" if caller
+            else f"{address} is sending calls with unknown API keys, and is"
+        )  # fmt: skip
         error = TooManyRequests(
             "rate_limited",
-            f"{caller.name} is over this lab's rate limit for changes; retry in {wait} s.",
+            f"{who} over this lab's rate limit for changes; retry in {wait} s.",
             headers={"Retry-After": str(wait)},
         )
         return error_response(error)

@@ -1,7 +1,7 @@
 """One place that turns every failure into ``{"detail": {"error", "message"}}``.
 
 Domain errors carry their own code and status; request validation, unknown
-routes and Redis outages are translated here, at the boundary.
+routes, Redis outages and a full Redis are translated here, at the boundary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ALL_ERRORS, LabError
@@ -61,11 +61,53 @@ def _json_invalid(error: Any) -> str:
     return f"body: not valid JSON ({why} at position {error['loc'][-1]})"
 
 
+#: What a body field of the wrong JSON type should have been, by pydantic error type.
+_EXPECTED = {
+    "int_type": "expected a JSON integer",
+    "string_type": "expected a JSON string",
+    "bool_type": "expected true or false",
+    "list_type": "expected a JSON array",
+    "dict_type": "expected a JSON object",
+    "model_type": "expected a JSON object",
+    "model_attributes_type": "expected a JSON object",
+}
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, for a message; strings are never quoted back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**20 else "a longer integer"
+    if isinstance(value, float):
+        return f"{value!r}, a number with a fraction or exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong_type(error: Any) -> str | None:
+    """A body field of the wrong JSON type (bodies are taken strictly): the field, what it
+    should be and what it was, e.g. ``address: expected a JSON integer, got a string``."""
+    loc = tuple(error.get("loc", ()))
+    kind = error.get("type")
+    if not loc or loc[0] != "body" or (kind not in _EXPECTED and kind != "enum"):
+        return None
+    where = ".".join(str(p) for p in loc[1:]) or "body"
+    msg = str(error.get("msg", ""))
+    expected = _EXPECTED.get(kind) or msg.replace("Input should be ", "expected ", 1)
+    return f"{where}: {expected}, got {_json_kind(error.get('input'))}"
+
+
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [
         _json_invalid(e) if e.get("type") == "json_invalid"
-        else _describe(tuple(e.get("loc", ())), str(e.get("msg", "")))
+        else _wrong_type(e) or _describe(tuple(e.get("loc", ())), str(e.get("msg", "")))
         for e in exc.errors()
     ]  # fmt: skip
     return JSONResponse(error_body("validation_error", "; ".join(parts)), status_code=422)
@@ -100,7 +142,23 @@ async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def redis_unavailable(exc: BaseException) -> JSONResponse:
+def redis_failure(exc: BaseException) -> JSONResponse:
+    """The answer to a Redis error, wherever a call met it: ``503 redis_full`` when Redis
+    refused a write at its ``maxmemory`` (``noeviction``: it never drops lab state to make
+    room), else ``503 redis_unavailable``. A refused script changed nothing: Redis refuses
+    a script at its first write."""
+    if isinstance(exc, OutOfMemoryError):
+        log.warning("redis is full (maxmemory): a change was refused")
+        return JSONResponse(
+            error_body(
+                "redis_full",
+                "The lab's state store (Redis) is full (at its maxmemory): new work is "
+                "refused until finished jobs expire or an operator makes room; nothing was "
+                "changed.",
+            ),
+            status_code=503,
+            headers={"Retry-After": "60"},
+        )
     log.warning("redis unavailable: %s", type(exc).__name__)
     return JSONResponse(
         error_body("redis_unavailable", "The lab's state store (Redis) is unreachable; retry."),
@@ -110,7 +168,18 @@ def redis_unavailable(exc: BaseException) -> JSONResponse:
 
 
 async def redis_error_handler(_: Request, exc: Exception) -> JSONResponse:
-    return redis_unavailable(exc)
+    return redis_failure(exc)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A failure nothing else translated is the lab's own bug: logged with its traceback,
+    answered in the error shape like every other failure (never the framework's plain
+    text), and without a word of the exception, which may hold anything."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "The lab failed to answer this request; it is logged."),
+        status_code=500,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -118,17 +187,19 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RedisError, redis_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
 
 
 _ERROR_REF = "#/components/schemas/ErrorResponse"
 
 #: What every mutating route (POST, DELETE) may also answer: a body over the limit,
-#: a caller over its rate (``service.guard``, ``service.bodylimit``).
-MUTATION_ERRORS = ("request_too_large", "rate_limited")
+#: a caller over its rate (``service.guard``, ``service.bodylimit``), Redis full.
+MUTATION_ERRORS = ("request_too_large", "rate_limited", "redis_full")
 
 _RETRY_AFTER = {
     "Retry-After": {
-        "description": "With rate_limited: whole seconds until the caller may try again.",
+        "description": "With rate_limited or storage_budget_exceeded: whole seconds until "
+        "the caller may try again.",
         "schema": {"type": "integer", "minimum": 1},
     }
 }

@@ -8,10 +8,16 @@ fpgalab:board:{id}:memory-map string csr.json of the SoC on the board now
 fpgalab:job:{job_id}          hash   the job record (request, status, result)
 fpgalab:job:{job_id}:log      stream log lines, field ``l``
 fpgalab:job:{job_id}:design   string the uploaded design bytes
+fpgalab:build:{key}:callers   set    callers who built (or were given) a build, so that a
+                                     build cache hit is told only to them (TTL: retention)
 fpgalab:jobs:running          zset   job id -> start time, for lost-worker checks
 fpgalab:sessions:expiry       zset   fpga id -> session expiry time
 fpgalab:caller:{name}:queued  set    ids of the caller's queued jobs (per-caller limit)
+fpgalab:caller:{name}:stored  hash   bytes the caller stored, per slot of the budget window
 fpgalab:ratelimit:{name}      hash   the caller's token bucket: tokens, at (TTL: refill time)
+fpgalab:unknown:bucket:{addr} hash   an address's token bucket for unknown-key calls
+fpgalab:unknown:refused       hash   address -> its refused unknown-key calls not yet audited
+fpgalab:unknown:due           zset   address -> when its refused calls become one record
 fpgalab:audit                 stream one entry per mutating call (capped, MAXLEN ~)
 fpgalab:worker:{wid}          string alive marker (TTL = heartbeat)
 fpgalab:idem:{caller}:{key}   string stored 202 answer of an idempotent request
@@ -27,6 +33,8 @@ RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
 AUDIT = f"{PREFIX}:audit"
+UNKNOWN_REFUSED = f"{PREFIX}:unknown:refused"
+UNKNOWN_DUE = f"{PREFIX}:unknown:due"
 
 
 def board(fpga_id: int) -> str:
@@ -73,5 +81,17 @@ def caller_queued(name: str) -> str:
     return f"{PREFIX}:caller:{name}:queued"
 
 
+def build_callers(build_key: str) -> str:
+    return f"{PREFIX}:build:{build_key}:callers"
+
+
+def caller_stored(name: str) -> str:
+    return f"{PREFIX}:caller:{name}:stored"
+
+
 def rate_limit(name: str) -> str:
     return f"{PREFIX}:ratelimit:{name}"
+
+
+def unknown_key_limit(address: str) -> str:
+    return f"{PREFIX}:unknown:bucket:{address}"

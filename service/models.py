@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from service.states import BoardState, Health, JobStatus, JobType
 
@@ -34,9 +35,19 @@ class ErrorResponse(BaseModel):
     detail: ErrorBody
 
 
+class RedisMemory(BaseModel):
+    used_bytes: int = Field(description="Memory Redis uses now.")
+    max_bytes: int | None = Field(description="Its maxmemory; null: no limit.")
+    policy: str = Field(description="Its maxmemory-policy; the lab needs noeviction.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     redis: bool
+    memory: RedisMemory | None = Field(default=None, description="Redis's memory; null if unknown.")
+    warning: str | None = Field(
+        default=None, description="What an operator should look at (Redis's memory), if anything."
+    )
 
 
 class SessionInfo(BaseModel):
@@ -67,13 +78,30 @@ class Op(IntEnum):
     READ = 2
 
 
-class RunRequest(BaseModel):
+def _json_integer(value: object) -> object:
+    """An enum's value is taken as strictly as any integer: ``2``, never ``"2"``, ``2.0``
+    or ``true`` (strict mode alone would want an ``Op`` instance, which JSON cannot hold)."""
+    if type(value) is not int:
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+class StrictBody(BaseModel):
+    """A request body taken as JSON wrote it: an integer is a JSON integer (not a string,
+    a boolean or a number with a fraction or exponent, ``1.0`` included), a string a
+    JSON string; no unknown fields. Duplicate keys never get this far
+    (``service.jsonbody``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RunRequest(StrictBody):
     """One Wishbone transaction: a write of ``data`` or a read of ``length`` words,
     at consecutive word addresses starting at ``address``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    op: Op = Field(description="1 = write, 2 = read.")
+    op: Annotated[Op, BeforeValidator(_json_integer)] = Field(
+        strict=False, description="1 = write, 2 = read."
+    )
     address: int = Field(ge=0, lt=2**32, description="Wishbone byte address, word-aligned.")
     data: list[Word] | None = Field(
         None,
@@ -141,15 +169,11 @@ class RunResult(BaseModel):
     error: str | None = None
 
 
-class MaintenanceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MaintenanceRequest(StrictBody):
     reason: str | None = Field(None, max_length=500, description="Shown as the health reason.")
 
 
-class RenewRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RenewRequest(StrictBody):
     seconds: int | None = Field(
         None, gt=0, le=7 * 24 * 3600, description="Extend to now + seconds (default: the TTL)."
     )
@@ -168,6 +192,12 @@ class AuditEntry(BaseModel):
     job_id: str | None = None
     status: int = Field(description="The status code answered.")
     error: str | None = Field(None, description="The error code of a refusal.")
+    client: str | None = Field(None, description="The client's address (or IPv6 /64).")
+    count: int | None = Field(
+        None,
+        description="Set on a record that stands for this many further calls with unknown "
+        "keys from `client`, refused (429) in one window and not recorded one by one.",
+    )
 
 
 def audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
@@ -184,6 +214,8 @@ def audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
         job_id=fields.get("job_id") or None,
         status=int(fields.get("status") or 0),
         error=fields.get("error") or None,
+        client=fields.get("client") or None,
+        count=int(fields["count"]) if fields.get("count", "").isdigit() else None,
     )
 
 

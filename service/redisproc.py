@@ -30,10 +30,13 @@ def free_port() -> int:
 class PrivateRedis:
     """redis-server on a unix socket in ``data_dir`` (mode 0700), no TCP port, data (AOF
     on) and log in the same folder, mode 0600; stopped with us. Only the lab's user (and
-    root) can reach it or read its files."""
+    root) can reach it or read its files. It holds at most ``maxmemory`` (Redis units,
+    ``FPGALAB_REDIS_MAXMEMORY``) and then refuses writes (``noeviction``): evicting keys
+    would silently drop lab state (a session, a queued job, an audit record)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, maxmemory: str = "0") -> None:
         self.data_dir = data_dir
+        self.maxmemory = maxmemory
         # absolute: the URL is handed to processes that may not share our working folder
         self.socket = (data_dir / "redis.sock").absolute()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -60,6 +63,7 @@ class PrivateRedis:
             exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
             "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(logfile),
+            "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         # umask 077: the AOF, its folder and the log are the lab user's alone; the server
         # needs nothing of the lab's settings (API keys among them) in its environment

@@ -1,7 +1,8 @@
 """The Lua scripts that change lab state atomically on the Redis server.
 
 Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
-transition table from ``service.states`` substituted in) and registered once;
+transition table and the number of boards from ``service.states`` substituted in) and
+registered once;
 redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
 """
 
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from service.errors import lab_error
-from service.states import transitions_json
+from service.states import NUM_BOARDS, transitions_json
 
 #: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
 RAW_REPLIES = frozenset({"claim", "boards", "ratelimit"})
@@ -36,6 +37,7 @@ NAMES = (
     "claim",
     "boards",
     "ratelimit",
+    "append",
 )
 
 
@@ -46,6 +48,7 @@ def source(name: str) -> str:
     if name in STANDALONE:
         return body
     lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
+    lib = lib.replace("@NUM_BOARDS@", str(NUM_BOARDS))
     return lib + "\n" + body
 
 
@@ -58,13 +61,14 @@ class Scripts:
         }
 
     async def call(self, name: str, *args: Any, keys: tuple[str, ...] = ()) -> Any:
-        """Run script ``name``; its ``{"err": code}`` reply raises that LabError."""
+        """Run script ``name``; its ``{"err": code}`` reply raises that LabError (with a
+        ``Retry-After`` if the reply has a ``retry_after``)."""
         raw = await self._scripts[name](keys=list(keys), args=[_arg(a) for a in args])
         if name in RAW_REPLIES:
             return raw
         reply = json.loads(raw)
         if "err" in reply:
-            raise lab_error(reply["err"], reply["message"])
+            raise lab_error(reply["err"], reply["message"], reply.get("retry_after"))
         return reply["ok"]
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``FPGALAB_TRUSTED_PROXIES`` as networks (a bare address is a network of one)."""
+    try:
+        return tuple(ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(f"trusted_proxies: {exc}") from None
 
 
 def default_data_dir() -> Path:
@@ -47,12 +56,22 @@ class Settings(BaseSettings):
     max_transfer_words: int = Field(default=65536, gt=0)
     #: Most log lines kept per job (older ones are trimmed).
     max_log_lines: int = Field(default=100_000, gt=0)
+    #: Most log bytes kept per job: past them lines are dropped but for the last few, and
+    #: the log says it was cut (a line can be long: the line count alone bounds nothing).
+    max_log_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     #: Largest request body of a JSON route (bytes); a bigger one is refused unread.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     #: Most jobs waiting in one board's queue (run jobs, in practice).
     max_queued_per_board: int = Field(default=100, gt=0)
     #: Most jobs one caller may have waiting over all boards.
     max_queued_per_caller: int = Field(default=200, gt=0)
+    #: Most boards one caller (not an admin) may hold at once: its open sessions.
+    max_boards_per_caller: int = Field(default=4, gt=0)
+    #: Bytes one caller (not an admin) may store (designs, run requests, logs, results)
+    #: per ``storage_budget_window``; past it its new jobs are refused. 0: no budget.
+    storage_budget_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
+    #: The rolling window of the storage budget (seconds).
+    storage_budget_window: int = Field(default=24 * 3600, gt=0)
 
     #: Mutating calls (POST, DELETE) a caller may make per second, sustained; 0: no limit.
     rate_limit: float = Field(default=10.0, ge=0)
@@ -60,6 +79,23 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=50, gt=0)
     #: Audit records kept (the Redis Stream is trimmed to about this many).
     audit_max_entries: int = Field(default=100_000, gt=0)
+    #: Mutating calls with an unknown (or no) API key one client address may make per
+    #: second, sustained, each audited; past them: 429, counted. 0: no limit.
+    unknown_key_rate_limit: float = Field(default=0.1, ge=0)
+    #: Such calls an address may make at once (the bucket's size).
+    unknown_key_burst: int = Field(default=10, gt=0)
+    #: Seconds over which an address's refused unknown-key calls become one audit record.
+    unknown_key_window: float = Field(default=60.0, gt=0)
+    #: Addresses or networks (comma-separated) of reverse proxies whose X-Forwarded-For
+    #: names the client; empty: the client is the socket's peer, the header is ignored.
+    trusted_proxies: str = ""
+
+    #: ``maxmemory`` of the private Redis ``fpgalab serve`` starts (Redis units: 512mb,
+    #: 2gb), with ``maxmemory-policy noeviction``: at the limit writes are refused, never
+    #: lab state evicted. 0: no limit.
+    redis_maxmemory: str = Field(default="2gb", pattern=r"^(?i:[0-9]+(k|kb|m|mb|g|gb)?)$")
+    #: Fraction of Redis's maxmemory past which ``GET /health`` carries a warning.
+    redis_memory_warning: float = Field(default=0.8, gt=0, le=1)
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
@@ -81,6 +117,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Largest request line and headers together (bytes); a longer head is answered 431.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    #: Seconds a client has to send a request's line and headers, from connecting or from
+    #: the previous answer; a connection still sending them then is answered 408, closed.
+    header_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("redis_password_file")
     @classmethod
@@ -90,6 +131,12 @@ class Settings(BaseSettings):
         if path is not None and url and urlsplit(url).password:
             raise ValueError("the Redis URL has a password too: give it in one place only")
         return path
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        proxy_networks(value)  # a typo stops the start here, not every request
+        return value
 
     def redis_password(self) -> str | None:
         """The password in ``redis_password_file`` (alone on its one line), if there is one."""

@@ -30,6 +30,9 @@ from service.scripts import Scripts
 from service.settings import Settings
 from service.states import BOARD_IDS
 
+#: Most log lines appended by one script call.
+_APPEND_BATCH = 1000
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -54,8 +57,10 @@ class Store:
         self.redis: Any = redis
         self.settings = settings
         self.scripts = Scripts(redis)
-        self.audit = AuditLog(self.redis, settings.audit_max_entries)
         self.rate_limiter = RateLimiter(self.scripts, settings)
+        self.audit = AuditLog(
+            self.redis, settings.audit_max_entries, flush=self.rate_limiter.flush_counts
+        )
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> Store:
@@ -80,6 +85,12 @@ class Store:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    async def memory(self) -> tuple[int, int, str]:
+        """Redis's used memory and ``maxmemory`` (bytes; 0: no limit) and its
+        ``maxmemory-policy``, from ``INFO memory``."""
+        info = await self.redis.info("memory")
+        return int(info["used_memory"]), int(info["maxmemory"]), str(info["maxmemory_policy"])
 
     async def boards(
         self, ids: Iterable[int] = BOARD_IDS
@@ -125,6 +136,15 @@ class Store:
     async def design(self, job_id: str) -> str | None:
         return await self.redis.get(keys.design(job_id))
 
+    async def note_build(self, build_key: str, caller: str) -> bool:
+        """Record that ``caller`` was given the build ``build_key``; True if they had been
+        before (only then may their log say it came from the lab's cache)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(keys.build_callers(build_key), caller)
+        pipe.expire(keys.build_callers(build_key), self.settings.job_retention)
+        added, _ = await pipe.execute()
+        return not added
+
     # -- changes requested through the API -----------------------------------------
 
     async def submit(
@@ -137,23 +157,30 @@ class Store:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         s = self.settings
+        # the same bytes under another name are another request (x.v is Verilog, x.py
+        # Python): the name is part of what a replay must match
         idem, fingerprint = self._idempotency(
-            actor, idempotency_key, "submit", fpga_id, design_sha256
+            actor, idempotency_key, "submit", fpga_id, filename, design_sha256
         )
         return await self.scripts.call(
             "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
             s.session_max_lifetime, filename, design, design_sha256,
             idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
+            actor.admin, s.max_boards_per_caller, s.storage_budget_bytes, s.storage_budget_window,
         )  # fmt: skip
 
     async def run(
         self, fpga_id: int, actor: Actor, request: str, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         s = self.settings
-        idem, fingerprint = self._idempotency(actor, idempotency_key, "run", fpga_id, request)
+        # the session named by X-Session-ID is part of the request too
+        idem, fingerprint = self._idempotency(
+            actor, idempotency_key, "run", fpga_id, actor.session_header, request
+        )
         return await self.scripts.call(
             "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
             idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
+            s.storage_budget_bytes, s.storage_budget_window,
         )  # fmt: skip
 
     async def reset(self, fpga_id: int, actor: Actor, mode: str) -> dict[str, Any]:
@@ -165,8 +192,9 @@ class Store:
 
     async def cancel(self, fpga_id: int, job_id: str, actor: Actor) -> dict[str, Any]:
         return await self.scripts.call(
-            "cancel", fpga_id, job_id, actor.name, actor.admin, self.settings.job_retention
-        )
+            "cancel", fpga_id, job_id, actor.name, actor.admin, actor.session_header,
+            self.settings.job_retention,
+        )  # fmt: skip
 
     async def renew(self, fpga_id: int, actor: Actor, seconds: int) -> dict[str, Any]:
         return await self.scripts.call(
@@ -178,11 +206,14 @@ class Store:
         return reply["health"]
 
     def _idempotency(
-        self, actor: Actor, key: str | None, route: str, fpga_id: int, body: str
+        self, actor: Actor, key: str | None, route: str, fpga_id: int, *request: str
     ) -> tuple[str, str]:
+        """The stored answer's key, and the fingerprint of everything that gives the
+        request its meaning: a retry must match it to be replayed."""
         if not key:
             return "", ""
-        digest = hashlib.sha256(f"{route}\0{fpga_id}\0{body}".encode()).hexdigest()
+        parts = (route, str(fpga_id), *request)
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         return keys.idempotency(actor.name, key), digest
 
     # -- housekeeping (workers) ------------------------------------------------------
@@ -334,15 +365,14 @@ class Store:
     ) -> dict[str, Any]:
         return await self.scripts.call(
             "finish", job_id, worker_id, status, event, error, result, health, health_reason,
-            self.settings.job_retention,
+            self.settings.job_retention, self.settings.storage_budget_window,
         )  # fmt: skip
 
     async def append_logs(self, job_id: str, lines: Sequence[str]) -> None:
-        if not lines:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for line in lines:
-            pipe.xadd(
-                keys.log(job_id), {"l": line}, maxlen=self.settings.max_log_lines, approximate=True
-            )
-        await pipe.execute()
+        """Append to the job's log; the bytes count against its owner's storage budget."""
+        s = self.settings
+        for start in range(0, len(lines), _APPEND_BATCH):
+            await self.scripts.call(
+                "append", job_id, s.max_log_lines, s.storage_budget_window,
+                *lines[start : start + _APPEND_BATCH],
+            )  # fmt: skip

@@ -14,6 +14,7 @@ and no worker is judged dead by a heartbeat that lapsed while Redis was away.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -40,6 +41,7 @@ from backends import (
 )
 from service.states import BOARD_IDS, Event, Health, JobStatus, JobType
 from service.store import LeaseLost, Store, new_id
+from service.text import one_line
 
 log = logging.getLogger("fpgalab.worker")
 
@@ -47,6 +49,9 @@ T = TypeVar("T")
 
 #: Longest log line kept; a design printing megabytes per line is cut here.
 MAX_LINE = 4096
+#: What a log past its byte cap (``max_log_bytes``) keeps of the lines after the cut, for
+#: its end: the last ones, where a failure's last words are (bytes).
+LOG_TAIL = 16 * 1024
 #: How often buffered log lines are written to the job's log stream (seconds).
 LOG_FLUSH = 0.1
 #: How long one queue read blocks; bounds how fast a stop is noticed.
@@ -79,12 +84,20 @@ class JobLog:
     """A log callback that backend threads may call; lines reach Redis in batches.
 
     Lines that cannot be written (Redis away) are kept, the newest ``limit`` of them,
-    for the next flush."""
+    for the next flush. A log is cut at ``max_log_bytes``: a line says so where it is
+    cut, the lines after it are dropped but for the last ``LOG_TAIL`` bytes of them, and
+    at its end (``close``) those last lines and a final line saying what was dropped."""
 
     def __init__(self, store: Store, job_id: str) -> None:
         self._store = store
         self._job_id = job_id
         self._limit = store.settings.max_log_lines
+        self._max_bytes = store.settings.max_log_bytes
+        self._bytes = 0  # taken into the log, until it is cut
+        self._cut = False
+        self._past_lines = self._past_bytes = 0  # after the cut
+        self._tail: collections.deque[tuple[str, int]] = collections.deque()
+        self._tail_bytes = 0
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +106,42 @@ class JobLog:
     def __call__(self, text: str) -> None:
         lines = [line[:MAX_LINE] for line in str(text).splitlines()] or [""]
         with self._lock:
-            self._lines.extend(lines)
+            for line in lines:
+                self._take(line)
+            del self._lines[: -self._limit]
+
+    def _take(self, line: str) -> None:
+        """One line into the log, or past its cut (holding the lock)."""
+        size = len(line.encode(errors="replace")) + 1
+        if not self._cut and self._bytes + size <= self._max_bytes:
+            self._bytes += size
+            self._lines.append(line)
+            return
+        if not self._cut:
+            self._cut = True
+            self._lines.append(
+                f"fpgalab: the log is cut here, at its limit of {self._max_bytes} bytes; "
+                "only its last lines are kept from here on"
+            )
+        self._past_lines += 1
+        self._past_bytes += size
+        self._tail.append((line, size))
+        self._tail_bytes += size
+        while self._tail_bytes > LOG_TAIL and len(self._tail) > 1:
+            self._tail_bytes -= self._tail.popleft()[1]
+
+    def _end_cut(self) -> None:
+        """A cut log's last lines, and a final line saying what was dropped."""
+        with self._lock:
+            if not self._cut or self._closed:
+                return
+            dropped = self._past_lines - len(self._tail)
+            self._lines.extend(line for line, _ in self._tail)
+            self._lines.append(
+                f"fpgalab: the log was cut at {self._max_bytes} bytes: {dropped} lines after "
+                f"the cut were dropped ({self._past_bytes - self._tail_bytes} bytes); the "
+                f"{len(self._tail)} lines above this one are its last"
+            )
             del self._lines[: -self._limit]
 
     async def flush(self) -> None:
@@ -122,6 +170,7 @@ class JobLog:
 
     async def close(self) -> None:
         """Stop the pump and flush; what Redis does not take now waits for ``flush()``."""
+        self._end_cut()
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -340,7 +389,7 @@ class Worker:
             return Health.BAD, f"health check raised {type(exc).__name__}: {exc}"
         if report.ok:
             return Health.GOOD, ""
-        return Health.BAD, f"health check failed: {report.detail}"
+        return Health.BAD, f"health check failed: {one_line(report.detail)}"
 
     async def _handle(self, board: int, entry_id: str, job_id: str) -> None:
         self._in_hand.add(job_id)  # before the take: housekeeping must not judge it meanwhile
@@ -417,7 +466,17 @@ class Worker:
         started = time.monotonic()
         build = await self._in_thread(self.backend.build, design, joblog)
         took = time.monotonic() - started
-        joblog(f"fpgalab: build {'cache hit' if build.cached else 'done'} in {took:.2f} s")
+        # A cache hit on somebody else's build must not tell this caller that somebody
+        # built the same design: said only to a caller who had this build before.
+        caller = job.get("owner", "")
+        theirs = await self._patiently(
+            f"job {job['job_id']}: its build", self.store.note_build, build.key, caller
+        )
+        if build.cached and theirs:
+            joblog(f"fpgalab: build reused from the lab's cache (you built this design before) "
+                   f"in {took:.2f} s")  # fmt: skip
+        else:
+            joblog(f"fpgalab: build done in {took:.2f} s")
         joblog(f"fpgalab: programming board {board}")
         await self._in_thread(self.backend.program, board, build, joblog)
         await self._save_memory_map(board)
@@ -433,10 +492,11 @@ class Worker:
             length=request.get("length", 1),
         )
         result = await self._in_thread(self.backend.transact, board, txn)
-        body = json.dumps({"ok": result.ok, "data": result.data, "error": result.error})
+        error = one_line(result.error) if result.error is not None else None
+        body = json.dumps({"ok": result.ok, "data": result.data, "error": error})
         if result.ok:
             return Outcome(JobStatus.COMPLETE, result=body)
-        return Outcome(JobStatus.FAILED, error=result.error or "bus error", result=body)
+        return Outcome(JobStatus.FAILED, error=error or "bus error", result=body)
 
     async def _reset(self, board: int, joblog: JobLog) -> Outcome:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
@@ -458,7 +518,8 @@ _FAIL_EVENT = {
 
 def _failure(kind: JobType, exc: BackendError) -> Outcome:
     """How a backend error ends the job, and what it says about the board."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # One line, escaped and capped: it reaches terminals and browsers (the log keeps it all).
+    message = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, DesignError):
         # the user's fault: the board is fine, but holds no usable design
         event = Event.BUILD_FAIL if kind is JobType.BUILD_AND_PROGRAM else None

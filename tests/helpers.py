@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from service.app import create_app
 from service.settings import Settings
@@ -283,3 +284,30 @@ async def wait_http(url: str, timeout: float = 30.0, proc: CliProcess | None = N
                 return False
 
         await wait_for(up, timeout, interval=0.05)
+
+
+def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` as uid/gid 65534 (another local user) with the system's python3;
+    skips where the test cannot act as another user (not root, no system python)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or python is None:
+        pytest.skip("needs root (to act as another user) and a system python3")
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c",
+         code, *args],
+        capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout=30,
+    )  # fmt: skip
+
+
+#: Python, run as another user: connect to 127.0.0.1:argv[1], send argv[2] (hex), print
+#: what comes back before the connection closes (or the error's name).
+TCP_PROBE = """
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5) as s:
+        s.sendall(bytes.fromhex(sys.argv[2]))
+        s.settimeout(5)
+        print(repr(s.recv(64)))
+except OSError as exc:
+    print(type(exc).__name__)
+"""

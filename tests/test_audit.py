@@ -3,6 +3,7 @@ capped Redis Stream and readable by admins at GET /audit."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -14,23 +15,31 @@ from service import keys
 from service.settings import Settings
 from service.store import Store
 from tests.fakes import FakeBackend
-from tests.helpers import assert_error, reserve, submit, wait_job
+from tests.helpers import assert_error, reserve, serve, submit, wait_job
 
 ALICE = {"X-API-Key": "alice-key"}
 BOB = {"X-API-Key": "bob-key"}
 OPS = {"X-API-Key": "ops-key"}  # admin
 BURST = 20
+#: Calls with unknown keys an address may make before they are refused and counted.
+UNKNOWN_BURST = 5
+#: The window over which an address's refused unknown-key calls become one record (s).
+WINDOW = 1.0
 
 
 @pytest.fixture
 def app_settings(settings: Settings) -> Settings:
-    """Keys for alice, bob and ops (admin); a bucket of 20 calls; a small audit stream."""
+    """Keys for alice, bob and ops (admin); a bucket of 20 calls; a small audit stream;
+    5 calls with unknown keys per address, then (almost) none, counted per second."""
     return settings.model_copy(
         update={
             "api_keys": "alice=alice-key,bob=bob-key,ops=ops-key:admin",
             "rate_limit": 0.5,
             "rate_limit_burst": BURST,
             "audit_max_entries": 50,
+            "unknown_key_burst": UNKNOWN_BURST,
+            "unknown_key_rate_limit": 0.001,
+            "unknown_key_window": WINDOW,
         }
     )
 
@@ -165,3 +174,78 @@ async def test_the_stream_is_capped(client: httpx.AsyncClient, store: Store) -> 
     length = await store.redis.xlen(keys.AUDIT)
     assert 50 <= length < 50 + 100, length
     assert len(await audit(client, limit=1000)) == length
+
+
+# -- calls with unknown keys ------------------------------------------------------------
+
+
+def made_up(n: int, **headers: str) -> dict[str, str]:
+    return {"X-API-Key": f"made-up-key-{n}", **headers}
+
+
+async def test_a_flood_of_unknown_keys_is_counted_and_leaves_the_trail_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """600 calls with made-up keys from one address: the first few are recorded (401), the
+    rest are 429 rate_limited with Retry-After and counted, one record per window, and the
+    real records written before are all still in the trail."""
+    for fpga_id in (1, 2, 3):
+        await client.post(f"/fpga/{fpga_id}/session/renew", headers=ALICE)
+    real = await audit(client)
+    assert [e["caller"] for e in real] == ["alice"] * 3
+
+    started = time.monotonic()
+    answers = []
+    for batch in range(0, 600, 50):
+        answers += await asyncio.gather(
+            *(client.post("/fpga/2/reset", headers=made_up(n)) for n in range(batch, batch + 50))
+        )
+    windows = int((time.monotonic() - started) / WINDOW) + 1
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(401) == UNKNOWN_BURST and statuses.count(429) == 600 - UNKNOWN_BURST
+    refused = next(r for r in answers if r.status_code == 429)
+    assert "127.0.0.1" in assert_error(refused, 429, "rate_limited")["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+
+    await asyncio.sleep(WINDOW + 0.1)  # the last window closes: its count is written
+    entries = await audit(client, limit=1000)
+    assert [e for e in entries if e["caller"] == "alice"] == real
+    flood = [e for e in entries if e["caller"] is None]
+    assert {e["client"] for e in flood} == {"127.0.0.1"}
+    recorded = [e for e in flood if e["count"] is None]
+    counted = [e for e in flood if e["count"] is not None]
+    assert [e["status"] for e in recorded].count(401) == UNKNOWN_BURST
+    refusals = [e for e in recorded if e["status"] == 429]
+    assert {(e["error"], e["action"]) for e in refusals} == {("rate_limited", "reset")}
+    assert {(e["status"], e["error"]) for e in counted} == {(429, "rate_limited")}
+    assert len(refusals) + sum(e["count"] for e in counted) == 600 - UNKNOWN_BURST
+    assert 1 <= len(counted) <= len(refusals) <= windows
+    assert len(await audit(client, limit=1000)) == len(entries)  # a count is written once
+
+
+async def test_the_client_is_the_socket_peer_unless_a_trusted_proxy_names_it(
+    app_settings: Settings,
+) -> None:
+    """Made-up X-Forwarded-For headers give a flood no new addresses; behind a trusted
+    proxy (FPGALAB_TRUSTED_PROXIES) the header names the client, each with its own limit."""
+    async with serve(app_settings) as c:
+        statuses = []
+        for n in range(UNKNOWN_BURST + 1):
+            spoofed = made_up(n, **{"X-Forwarded-For": f"10.9.0.{n}"})
+            statuses.append((await c.post("/fpga/2/reset", headers=spoofed)).status_code)
+        assert statuses == [401] * UNKNOWN_BURST + [429]
+
+    proxied = app_settings.model_copy(update={"trusted_proxies": "127.0.0.1, 10.0.0.0/8"})
+    async with serve(proxied) as c:
+        for n in range(2 * UNKNOWN_BURST):
+            # the client's own hop (left) is its to make up; the proxy appended 198.51.100.n
+            via = {"X-Forwarded-For": f"6.6.6.6, 198.51.100.{n}, 10.1.2.3"}
+            assert (await c.post("/fpga/2/reset", headers=made_up(n, **via))).status_code == 401
+        one = {"X-Forwarded-For": "198.51.100.77"}
+        for n in range(UNKNOWN_BURST):
+            assert (await c.post("/fpga/2/reset", headers=made_up(n, **one))).status_code == 401
+        refused = await c.post("/fpga/2/reset", headers=made_up(0, **one))
+        assert "198.51.100.77" in assert_error(refused, 429, "rate_limited")["message"]
+        entries = (await c.get("/audit", headers=OPS)).json()
+        assert entries[0]["client"] == "198.51.100.77"
+        assert "6.6.6.6" not in {e["client"] for e in entries}

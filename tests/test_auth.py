@@ -55,11 +55,13 @@ def keys_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app_settings(settings: Settings, keys_file: Path) -> Settings:
-    """Keys for alice, bob and ops (admin) in the environment, carol in a keys file."""
+    """Keys for alice, bob and ops (admin) in the environment, carol in a keys file; no
+    limit on calls with unknown keys (these tests make many: test_audit tests the limit)."""
     return settings.model_copy(
         update={
             "api_keys": f"alice={ALICE_KEY},bob={BOB_KEY}, ops={OPS_KEY}:admin",
             "api_keys_file": keys_file,
+            "unknown_key_rate_limit": 0.0,
         }
     )
 
@@ -201,6 +203,32 @@ async def test_session_id_header_must_match_the_session(lab: httpx.AsyncClient) 
     release = await lab.post("/fpga/6/session/release", headers=right)
     assert release.status_code == 202, release.text
     await wait_state(lab, 6, "idle", headers=ALICE)
+
+
+async def test_session_id_header_must_match_the_jobs_session(client: httpx.AsyncClient) -> None:
+    """On a job's cancel, logs and result, a sent X-Session-ID must be the job's session:
+    another is 403 session_mismatch (after the owner check) and cancels nothing; the job's
+    own is accepted, also once that session has ended."""
+    # no worker: the board is made good by an admin, and the build stays queued
+    assert (await client.post("/fpga/4/maintenance", headers=OPS)).status_code == 200
+    assert (await client.post("/fpga/4/online", headers=OPS)).status_code == 200
+    accepted = (await submit(client, 4, headers=ALICE)).json()
+    base, sid = f"/fpga/4/jobs/{accepted['job_id']}", accepted["session_id"]
+    right = {**ALICE, "X-Session-ID": sid}
+    for caller in (ALICE, OPS):
+        wrong = {**caller, "X-Session-ID": "not-" + sid}
+        for method, path in (("GET", f"{base}/logs"), ("GET", f"{base}/result"), ("DELETE", base)):
+            r = await client.request(method, path, headers=wrong)
+            assert "X-Session-ID" in assert_error(r, 403, "session_mismatch")["message"]
+    r = await client.get(f"{base}/logs", headers={**BOB, "X-Session-ID": sid})
+    assert_error(r, 403, "not_session_owner")
+    assert (await job(client, 4, accepted["job_id"], headers=ALICE))["status"] == "queued"
+    assert (await client.get(f"{base}/logs", headers=right)).status_code == 200
+    assert_error(await client.get(f"{base}/result", headers=right), 409, "job_not_complete")
+    assert (await client.delete(base, headers=right)).status_code == 204
+    assert (await board(client, 4, headers=ALICE))["session"] is None
+    assert (await client.get(f"{base}/result", headers=right)).status_code == 409  # cancelled
+    assert (await client.get(f"{base}/logs", headers=right)).status_code == 200
 
 
 async def test_another_callers_logs_and_result_are_forbidden(lab: httpx.AsyncClient) -> None:

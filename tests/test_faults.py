@@ -422,7 +422,8 @@ async def test_redis_restart_loses_no_job_and_everything_reconnects_by_itself(
             else:
                 server.stop()
             r = await c.get("/health")
-            assert r.status_code == 503 and r.json() == {"status": "degraded", "redis": False}
+            assert r.status_code == 503
+            assert {"status": "degraded", "redis": False}.items() <= r.json().items()
             assert_error(await c.get("/fpga/1"), 503, "redis_unavailable")
             workers[1].resume()  # board 1's run ends while Redis is away
             await asyncio.sleep(TTL + 0.5)  # every heartbeat and lease lapses

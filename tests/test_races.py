@@ -308,3 +308,40 @@ async def test_concurrent_retries_with_one_key_make_one_job(
     assert len({r.json()["job_id"] for r in runs}) == 1
     assert sorted(r.json()["replayed"] for r in runs) == [False] + [True] * 9
     assert len([r for r in await jobs_in_redis(store, 8) if r["type"] == "run"]) == 1
+
+
+async def test_an_idempotency_key_covers_the_file_name(
+    lab: httpx.AsyncClient, store: Store
+) -> None:
+    """The same bytes under another file name (x.v is Verilog, x.py Python) are another
+    request: with the same Idempotency-Key, 422 idempotency_key_reused and nothing queued;
+    the same name replays the first answer."""
+    headers = {"Idempotency-Key": "same-bytes"}
+    source = "module user_design; endmodule\n"
+    first = await submit(lab, 4, source, filename="x.v", headers=headers)
+    assert first.status_code == 202, first.text
+    for other in ("x.py", "y.v", "X.V"):
+        r = await submit(lab, 4, source, filename=other, headers=headers)
+        assert_error(r, 422, "idempotency_key_reused")
+    again = await submit(lab, 4, source, filename="x.v", headers=headers)
+    assert again.status_code == 202 and again.json()["replayed"] is True
+    assert again.json()["job_id"] == first.json()["job_id"]
+    [record] = await jobs_in_redis(store, 4)
+    assert record["filename"] == "x.v"
+
+
+async def test_an_idempotent_run_covers_the_session_it_names(
+    lab: httpx.AsyncClient, store: Store
+) -> None:
+    """A run's X-Session-ID is part of the request: a retry that names another session (or
+    none) is 422 idempotency_key_reused; the same one replays."""
+    sid = (await reserve(lab, 7))["session_id"]
+    body = {"op": 2, "address": 0}
+    named = {"Idempotency-Key": "read-0", "X-Session-ID": sid}
+    first = await lab.post("/fpga/7/run", json=body, headers=named)
+    assert first.status_code == 202, first.text
+    r = await lab.post("/fpga/7/run", json=body, headers={"Idempotency-Key": "read-0"})
+    assert_error(r, 422, "idempotency_key_reused")
+    again = await lab.post("/fpga/7/run", json=body, headers=named)
+    assert again.json()["job_id"] == first.json()["job_id"] and again.json()["replayed"] is True
+    assert len([j for j in await jobs_in_redis(store, 7) if j["type"] == "run"]) == 1

@@ -83,8 +83,8 @@ async def test_reads_and_admins_are_not_limited(client: httpx.AsyncClient) -> No
 
 
 async def test_an_unknown_key_is_401_not_429(client: httpx.AsyncClient) -> None:
-    """A call with an unknown key is answered 401 however often it comes: there is no
-    bucket for a caller nobody knows."""
+    """A call with an unknown key is answered 401 while its address is within its own
+    limit (test_audit tests that limit), whatever the callers' buckets hold."""
     assert set(await spend(client, {"X-API-Key": "nobody"}, 2 * BURST)) == {401}
 
 

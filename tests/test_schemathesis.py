@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service import keys
+from service import keys, server
 from service.app import create_app
 from service.settings import Settings
 from service.states import BOARD_IDS
@@ -118,14 +118,13 @@ class ThreadedWorker:
 
 
 class ThreadedServer:
-    """The app under real uvicorn, on a free loopback port, in a thread."""
+    """The app under real uvicorn as ``fpgalab api`` serves it (``service.server``), on a
+    free loopback port, in a thread."""
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, lifespan="on",
-            log_level="warning", access_log=False, ws="none",
-        )  # fmt: skip
+        served = settings.model_copy(update={"host": "127.0.0.1", "port": self.port})
+        config = server.config(create_app(served), served, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="fuzz-uvicorn", daemon=True)
 

@@ -220,7 +220,7 @@ def test_serve_without_redis_url_runs_and_stops_a_private_redis(
     $XDG_DATA_HOME/fpgalab) and stops it, and everything else, on the signal."""
     p = serve(fpgalab, env={"XDG_DATA_HOME": str(tmp_path)})
     with httpx.Client(base_url=p.base_url, timeout=10, trust_env=False) as c:
-        assert c.get("/health").json() == {"status": "ok", "redis": True}
+        assert {"status": "ok", "redis": True}.items() <= c.get("/health").json().items()
         assert len(c.get("/fpga").json()) == 10
     assert (tmp_path / "fpgalab" / "redis" / "appendonlydir").is_dir()
     redis_pids = [pid for pid in p.children if "redis-server" in cmdline(pid)]

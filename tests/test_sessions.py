@@ -275,7 +275,9 @@ async def test_expiry_cancels_the_queued_runs_and_says_why(
     expired, and the board is reset once the run in progress ends."""
     # the board's own worker does housekeeping only at its start; the session's expiry
     # is seen by a second worker (every worker watches every board's sessions), so the
-    # runs below are queued before anyone acts on it
+    # runs below are queued before anyone acts on it. Three seconds: a run sent after
+    # expires_at is refused, and a loaded machine may take a second to queue them
+    short = short.model_copy(update={"session_ttl": 3})
     lazy = short.model_copy(update={"housekeeping_interval": 3600})
     async with serve(short) as c:
         await start_worker(boards=[2], worker_settings=lazy)
@@ -294,3 +296,30 @@ async def test_expiry_cancels_the_queued_runs_and_says_why(
         [reset] = await reset_jobs(store, 2)
         assert reset["reason"] == "expire" and reset["session_id"] == accepted["session_id"]
         assert reset["status"] == "complete"
+
+
+async def test_renew_and_run_just_after_expiry_are_refused_before_housekeeping(
+    short: Settings, start_worker: WorkerFactory, store: Store
+) -> None:
+    """Right after expires_at, before any housekeeping pass has reset the board, a renew is
+    404 no_active_session and a run 409 fpga_not_reserved: the expiry is checked (by Redis's
+    clock) in the same step that would accept them, and the session is not extended."""
+    lazy = short.model_copy(update={"housekeeping_interval": 3600})
+    async with serve(lazy) as c:
+        await start_worker(boards=[2], worker_settings=lazy)
+        accepted = await reserve(c, 2)
+        expires = when(accepted["expires_at"])
+
+        async def past_expiry() -> bool:
+            seconds, micros = await store.redis.time()
+            return seconds + micros / 1e6 > expires.timestamp() + 0.01
+
+        await wait_for(past_expiry, timeout=5, interval=0.005)
+        renew = await c.post("/fpga/2/session/renew", json={"seconds": 600})
+        assert "expired" in assert_error(renew, 404, "no_active_session")["message"]
+        run = await c.post("/fpga/2/run", json={"op": 2, "address": 0})
+        assert "expired" in assert_error(run, 409, "fpga_not_reserved")["message"]
+        b = await board(c, 2)
+        assert b["state"] == "reserved", b  # no housekeeping pass has run: the refusal is not its
+        assert when(b["session"]["expires_at"]) == expires
+        assert [j["type"] for j in await jobs_in_redis(store, 2)] == ["build_and_program"]

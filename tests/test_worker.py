@@ -365,12 +365,17 @@ async def test_health_reports_redis_down_and_the_api_recovers(
     try:
         async with serve(settings.model_copy(update={"redis_url": server.url})) as c:
             r = await c.get("/health")
-            assert r.status_code == 200 and r.json() == {"status": "ok", "redis": True}
+            assert r.status_code == 200 and r.json()["redis"] is True
 
             server.stop()
             r = await c.get("/health")
             assert r.status_code == 503
-            assert r.json() == {"status": "degraded", "redis": False}
+            assert r.json() == {
+                "status": "degraded",
+                "redis": False,
+                "memory": None,
+                "warning": None,
+            }
             replies = await asyncio.gather(
                 c.get("/fpga"), c.get("/fpga/3"), submit(c, 3)
             )  # fmt: skip

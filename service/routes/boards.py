@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Response, UploadFile
 
+from hil.designfile import FILENAME_RULE, filename_problem
 from service.deps import (
     ActorDep,
     AdminDep,
@@ -19,6 +20,7 @@ from service.deps import (
 )
 from service.errors import DesignRejected, DesignTooLarge, Forbidden, NotFound, ValidationFailed
 from service.handlers import MUTATION_ERRORS, responses
+from service.jsonbody import StrictJSONRoute
 from service.models import (
     FPGASummary,
     JobAccepted,
@@ -27,11 +29,7 @@ from service.models import (
     board_summary,
 )
 
-router = APIRouter(prefix="/fpga", tags=["fpga"])
-
-DESIGN_SUFFIXES = (".py", ".v", ".sv")
-#: Longest design file name (it shows in job records and build logs).
-MAX_FILENAME = 255
+router = APIRouter(prefix="/fpga", tags=["fpga"], route_class=StrictJSONRoute)
 
 
 @router.get("", response_model=list[FPGASummary], responses=responses())
@@ -73,7 +71,7 @@ async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Res
     responses=responses(
         "fpga_not_idle", "fpga_unavailable", "design_too_large", "unsupported_design",
         "empty_design", "design_not_text", "idempotency_key_reused", "rate_limited",
-        "too_many_queued_jobs",
+        "too_many_queued_jobs", "too_many_boards", "storage_budget_exceeded", "redis_full",
     ),
 )  # fmt: skip
 async def submit(
@@ -86,18 +84,10 @@ async def submit(
 ) -> JobAccepted:
     """Upload a design and queue its build_and_program job; opens a session."""
     filename = posixpath.basename((file.filename or "").replace("\\", "/"))
-    if not filename.lower().endswith(DESIGN_SUFFIXES):
+    # the name is shown in job records, logs and pages: a refused one is never echoed
+    if problem := filename_problem(filename):
         raise DesignRejected(
-            "unsupported_design",
-            f"file {filename[:MAX_FILENAME] or '(unnamed)'!r}: a design must be a .py, .v "
-            "or .sv file.",
-        )
-    if len(filename) > MAX_FILENAME or not filename.isprintable():
-        # a name is echoed into job records and build logs: no forged log lines
-        raise DesignRejected(
-            "unsupported_design",
-            f"file {filename[:MAX_FILENAME]!r}: a design's file name must be printable "
-            f"(no control characters) and at most {MAX_FILENAME} characters.",
+            "unsupported_design", f"a design's file name is {FILENAME_RULE}; {problem}."
         )
     raw = await file.read(settings.max_upload_bytes + 1)
     if len(raw) > settings.max_upload_bytes:
@@ -126,7 +116,7 @@ async def submit(
     response_model=JobAccepted,
     responses=responses(
         "fpga_not_reserved", "not_session_owner", "session_mismatch", "idempotency_key_reused",
-        "too_many_queued_jobs", *MUTATION_ERRORS,
+        "too_many_queued_jobs", "storage_budget_exceeded", *MUTATION_ERRORS,
     ),
 )  # fmt: skip
 async def run(

@@ -1,4 +1,4 @@
-"""``GET /health``: the service is up, and whether Redis answers."""
+"""``GET /health``: the service is up, whether Redis answers, and Redis's memory."""
 
 from __future__ import annotations
 
@@ -6,12 +6,32 @@ import asyncio
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
-from service.deps import StoreDep
-from service.models import HealthResponse
+from service.deps import SettingsDep, StoreDep
+from service.models import HealthResponse, RedisMemory
 
 router = APIRouter(tags=["health"])
+
+
+def memory_warning(memory: RedisMemory, threshold: float) -> str | None:
+    """What is wrong with Redis's memory for the lab, if anything: no limit, a policy that
+    evicts lab state, or use past ``threshold`` of the limit."""
+    found = []
+    if memory.policy != "noeviction":
+        found.append(
+            f"Redis's maxmemory-policy is {memory.policy}: at its limit it evicts keys, lab "
+            "state among them; the lab needs noeviction"
+        )
+    if memory.max_bytes is None:
+        found.append("Redis has no maxmemory: it can grow until the host runs out of memory")
+    elif memory.used_bytes >= threshold * memory.max_bytes:
+        found.append(
+            f"Redis uses {memory.used_bytes / memory.max_bytes:.0%} of its maxmemory "
+            f"({memory.used_bytes} of {memory.max_bytes} bytes); when it is full, new work "
+            "is refused (503 redis_full)"
+        )
+    return "; ".join(found) + "." if found else None
 
 
 @router.get(
@@ -19,12 +39,22 @@ router = APIRouter(tags=["health"])
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "Redis is unreachable."}},
 )
-async def health(store: StoreDep) -> HealthResponse | JSONResponse:
+async def health(store: StoreDep, settings: SettingsDep) -> HealthResponse | JSONResponse:
     try:
-        up = await asyncio.wait_for(store.ping(), timeout=2.0)
+        await asyncio.wait_for(store.ping(), timeout=2.0)
+        used, limit, policy = await asyncio.wait_for(store.memory(), timeout=2.0)
+    except NoPermissionError:  # a shared Redis whose lab user may not run INFO
+        return HealthResponse(
+            status="ok", redis=True,
+            warning="Redis's memory is unknown: the lab's Redis user may not run INFO.",
+        )  # fmt: skip
     except (RedisError, OSError, TimeoutError):
-        up = False
-    if up:
-        return HealthResponse(status="ok", redis=True)
-    body = HealthResponse(status="degraded", redis=False)
-    return JSONResponse(body.model_dump(), status_code=503)
+        body = HealthResponse(status="degraded", redis=False)
+        return JSONResponse(body.model_dump(), status_code=503)
+    memory = RedisMemory(used_bytes=used, max_bytes=limit or None, policy=policy)
+    return HealthResponse(
+        status="ok",
+        redis=True,
+        memory=memory,
+        warning=memory_warning(memory, settings.redis_memory_warning),
+    )

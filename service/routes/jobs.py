@@ -7,8 +7,7 @@ import json
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from service.auth import Caller
-from service.deps import CallerDep, FpgaId, JobId, StoreDep
+from service.deps import ActorDep, CallerDep, FpgaId, JobId, StoreDep
 from service.errors import Conflict, Forbidden, NotFound
 from service.handlers import MUTATION_ERRORS, responses
 from service.models import JobResponse, RunResult, job_response
@@ -30,9 +29,15 @@ async def _fields(store: Store, fpga_id: int, job_id: str, *fields: str) -> list
     return values[1:]
 
 
-def _check_reader(caller: Caller, owner: str | None, job_id: str) -> None:
-    if not caller.admin and owner != caller.name:
+def _check_reader(actor: Actor, owner: str | None, session_id: str | None, job_id: str) -> None:
+    """The job's owner (or an admin) reads it; a sent X-Session-ID must be the job's
+    session, as ``cancel.lua`` checks for a cancel."""
+    if not actor.admin and owner != actor.name:
         raise Forbidden("not_session_owner", f"Job {job_id} belongs to another caller.")
+    if actor.session_header and session_id and actor.session_header != session_id:
+        raise Forbidden(
+            "session_mismatch", f"X-Session-ID does not match the session of job {job_id}."
+        )
 
 
 @router.get("/{job_id}", response_model=JobResponse, responses=responses("job_not_found"))
@@ -47,12 +52,12 @@ async def get_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, _: CallerDep)
     response_class=PlainTextResponse,
     responses={
         200: {"content": {"text/plain": {}}, "description": "The job's log so far."},
-        **responses("job_not_found", "not_session_owner", text_route=True),
+        **responses("job_not_found", "not_session_owner", "session_mismatch", text_route=True),
     },
 )
-async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep) -> str:
-    [owner] = await _fields(store, fpga_id, job_id, "owner")
-    _check_reader(caller, owner, job_id)
+async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: ActorDep) -> str:
+    owner, session_id = await _fields(store, fpga_id, job_id, "owner", "session_id")
+    _check_reader(actor, owner, session_id, job_id)
     lines = await store.logs(job_id)
     return "".join(line + "\n" for line in lines)
 
@@ -60,16 +65,16 @@ async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: Call
 @router.get(
     "/{job_id}/result",
     response_model=RunResult,
-    responses=responses("job_not_found", "job_not_complete", "not_session_owner"),
+    responses=responses(
+        "job_not_found", "job_not_complete", "not_session_owner", "session_mismatch"
+    ),
 )
-async def get_result(
-    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep
-) -> Response:
+async def get_result(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: ActorDep) -> Response:
     """Words a run job read (``data``), once it has finished."""
-    owner, status, result, error = await _fields(
-        store, fpga_id, job_id, "owner", "status", "result", "error"
+    owner, session_id, status, result, error = await _fields(
+        store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
     )
-    _check_reader(caller, owner, job_id)
+    _check_reader(actor, owner, session_id, job_id)
     if status not in (JobStatus.COMPLETE, JobStatus.FAILED):
         raise Conflict("job_not_complete", f"Job {job_id} is {status}; it has no result yet.")
     if result is None:  # builds, resets, and runs that never reached the bus
@@ -83,12 +88,11 @@ async def get_result(
     status_code=204,
     response_class=Response,
     responses=responses(
-        "job_not_found", "job_not_cancellable", "not_session_owner", *MUTATION_ERRORS
+        "job_not_found", "job_not_cancellable", "not_session_owner", "session_mismatch",
+        *MUTATION_ERRORS,
     ),
-)
-async def cancel_job(
-    fpga_id: FpgaId, job_id: JobId, store: StoreDep, caller: CallerDep
-) -> Response:
+)  # fmt: skip
+async def cancel_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: ActorDep) -> Response:
     """Cancel a job no worker has taken yet; a cancelled build frees the board."""
-    await store.cancel(fpga_id, job_id, Actor(caller.name, caller.admin))
+    await store.cancel(fpga_id, job_id, actor)
     return Response(status_code=204)

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Body
 from service.deps import ActorDep, CallerDep, FpgaId, SettingsDep, StoreDep
 from service.errors import NotFound
 from service.handlers import MUTATION_ERRORS, responses
+from service.jsonbody import StrictJSONRoute
 from service.models import JobAccepted, RenewRequest, SessionResponse, session_info
 
-router = APIRouter(prefix="/fpga/{fpga_id}/session", tags=["sessions"])
+router = APIRouter(prefix="/fpga/{fpga_id}/session", tags=["sessions"], route_class=StrictJSONRoute)
 
 
 async def _session(store: StoreDep, fpga_id: int) -> SessionResponse:

@@ -1,8 +1,10 @@
 -- A worker ends a job it holds; applies the board event and health it reports.
 -- Returns {stale = true} if the job is no longer this worker's (declared lost).
 -- ARGV: job_id worker_id status event error result health health_reason retention
+--       storage_window
 local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local window = tonumber(ARGV[10])
 local k = job_key(job_id)
 if hget(k, 'status') ~= 'running' or hget(k, 'worker') ~= wid then
   return ok({stale = true})
@@ -12,6 +14,7 @@ local t = now()
 redis.call('HSET', k, 'status', status, 'updated_at', t, 'finished_at', t)
 if err ~= '' then redis.call('HSET', k, 'error', err) end
 if result ~= '' then redis.call('HSET', k, 'result', result) end
+charge(hget(k, 'owner'), #err + #result, window, t)
 redis.call('ZREM', RUNNING, job_id)
 drop_entry(id, hget(k, 'entry_id'))
 finish_keys(job_id, retention)

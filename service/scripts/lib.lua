@@ -62,6 +62,13 @@ local function close_session(id)
   redis.call('ZREM', EXPIRY, id)
 end
 
+-- Whether the board's session has reached its expires_at at time t. Such a session is
+-- over, though the housekeeping pass may not have reset the board yet.
+local function session_expired(id, t)
+  local expires = tonumber(hget(board_key(id), 'session_expires_at') or '')
+  return expires ~= nil and expires <= t
+end
+
 -- Ownership of the board's session: '' when allowed, else an error reply.
 local function check_owner(id, caller, admin, session_header)
   local b = board_key(id)
@@ -168,4 +175,80 @@ local function idem_store(idem_key, fingerprint, ttl, response)
     redis.call('SET', idem_key, cjson.encode({fingerprint = fingerprint, response = response}),
       'EX', ttl)
   end
+end
+
+-- What one caller may hold: boards (its open sessions) and stored bytes (designs, run
+-- requests, logs, results) over a rolling window, counted per slot of BUDGET_SLOTS slots
+-- in one hash per caller. Admins are held to neither (the scripts check `admin`).
+local NUM_BOARDS = @NUM_BOARDS@
+local BUDGET_SLOTS = 24
+local MIB = 1024 * 1024
+
+local function stored_key(name) return P .. ':caller:' .. name .. ':stored' end
+
+local function size(n)
+  if n >= MIB then return string.format('%.1f MiB', n / MIB) end
+  return string.format('%d bytes', n)
+end
+
+local function boards_held(caller)
+  local n = 0
+  for i = 0, NUM_BOARDS - 1 do
+    if redis.call('HGET', board_key(i), 'session_owner') == caller then n = n + 1 end
+  end
+  return n
+end
+
+local function too_many_boards(caller, limit)
+  local n = boards_held(caller)
+  if n < limit then return nil end
+  return fail('too_many_boards', caller .. ' already holds ' .. n .. ' boards, the most ' ..
+    'one caller may hold at once; release one (or let its session end) first.')
+end
+
+-- Count `bytes` stored by `owner` at time t; slots that left the window are dropped.
+local function charge(owner, bytes, window, t)
+  if not owner or owner == '' or bytes <= 0 then return end
+  local slot_len = window / BUDGET_SLOTS
+  local slot = math.floor(t / slot_len)
+  local k = stored_key(owner)
+  redis.call('HINCRBY', k, slot, bytes)
+  redis.call('EXPIRE', k, math.ceil(window + slot_len))
+  if redis.call('HLEN', k) > BUDGET_SLOTS then
+    for _, field in ipairs(redis.call('HKEYS', k)) do
+      if tonumber(field) <= slot - BUDGET_SLOTS then redis.call('HDEL', k, field) end
+    end
+  end
+end
+
+-- nil, or the refusal of a new job of `caller`, whose stored bytes in the window have
+-- reached `budget` (0: none), saying when enough of them leave the window.
+local function over_budget(caller, budget, window, t)
+  if budget <= 0 then return nil end
+  local slot_len = window / BUDGET_SLOTS
+  local first = math.floor(t / slot_len) - BUDGET_SLOTS + 1
+  local flat = redis.call('HGETALL', stored_key(caller))
+  local slots, total = {}, 0
+  for i = 1, #flat, 2 do
+    local slot, n = tonumber(flat[i]), tonumber(flat[i + 1])
+    if slot >= first then
+      total = total + n
+      slots[#slots + 1] = {slot, n}
+    end
+  end
+  if total < budget then return nil end
+  table.sort(slots, function(a, b) return a[1] < b[1] end)
+  local frees, left = t + window, total
+  for _, s in ipairs(slots) do
+    left = left - s[2]
+    if left < budget then
+      frees = (s[1] + BUDGET_SLOTS) * slot_len  -- when slot s leaves the window
+      break
+    end
+  end
+  local wait = math.max(1, math.ceil(frees - t))
+  return cjson.encode({err = 'storage_budget_exceeded', retry_after = wait, message =
+    string.format('%s has stored %s (designs, run requests, logs, results) in the last ' ..
+      '%d s, its budget of %s per %d s; new jobs are refused until enough of it is older ' ..
+      'than that, in %d s.', caller, size(total), window, size(budget), window, wait)})
 end

@@ -8,6 +8,10 @@ end
 local denied = check_owner(id, caller, admin, header)
 if denied ~= '' then return denied end
 local t = now()
+if session_expired(id, t) then
+  return fail('no_active_session', 'The session of FPGA ' .. id ..
+    ' has expired; the board is being reset.')
+end
 local current = tonumber(hget(b, 'session_expires_at'))
 local limit = tonumber(hget(b, 'session_max_expires_at'))
 local wanted = t + seconds

@@ -2,11 +2,14 @@
 -- ARGV: fpga_id job_id owner session_id session_ttl max_lifetime
 --       filename design design_sha256 idem_key fingerprint idem_ttl
 --       max_queued_per_board max_queued_per_caller
+--       admin max_boards_per_caller storage_budget storage_window
 local id, job_id, owner, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, max_life = tonumber(ARGV[5]), tonumber(ARGV[6])
 local filename, design, sha = ARGV[7], ARGV[8], ARGV[9]
 local idem_key, fingerprint, idem_ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
 local per_board, per_caller = tonumber(ARGV[13]), tonumber(ARGV[14])
+local admin, max_boards = ARGV[15], tonumber(ARGV[16])
+local budget, window = tonumber(ARGV[17]), tonumber(ARGV[18])
 
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then return replay end
@@ -27,6 +30,10 @@ local full = queue_full(id, owner, per_board, per_caller)
 if full then return full end
 
 local t = now()
+if admin ~= '1' then
+  local refused = too_many_boards(owner, max_boards) or over_budget(owner, budget, window, t)
+  if refused then return refused end
+end
 local expires, max_expires = t + ttl, t + max_life
 if expires > max_expires then expires = max_expires end
 transition(id, 'submit', t)
@@ -35,6 +42,7 @@ redis.call('HSET', b, 'session_id', sid, 'session_owner', owner, 'session_create
   'current_job_id', job_id)
 redis.call('ZADD', EXPIRY, expires, id)
 redis.call('SET', design_key(job_id), design)
+charge(owner, #design, window, t)
 local response = new_job(job_id, id, 'build_and_program', owner, sid, t,
   {filename = filename, design_size = #design, design_sha256 = sha})
 response.session_id = sid
