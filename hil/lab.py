@@ -19,6 +19,7 @@ a message naming the file, the board and the field.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ DEFAULT_BAUDRATE = 1_000_000
 #: Seconds a bridge operation may take beyond the wire time of its bytes.
 DEFAULT_BRIDGE_TIMEOUT = 1.0
 DEFAULT_PROGRAM_TIMEOUT = 120.0
+#: openFPGALoader's options that write (or erase, or protect) a board's configuration
+#: flash, which survives a power cycle and would run a tenant's design at every boot:
+#: the lab loads SRAM only.
+FLASH_OPTIONS = ("-f", "--write-flash", "--external-flash", "--bulk-erase", "--flash-sector",
+                 "--protect-flash", "--unprotect-flash", "--skip-load-bridge")  # fmt: skip
 DEFAULT_ETHERBONE_PORT = 1234
 #: Words per Etherbone record; the board's Etherbone ``buffer_depth`` must be at least this.
 DEFAULT_ETHERBONE_WORDS = 255
@@ -200,6 +206,8 @@ def _programmer(fields: _Fields) -> Programmer:
         fields.done()
         if not any(BITSTREAM in arg for arg in command):
             raise LabFileError(f"{fields.where}: command: must contain {BITSTREAM}")
+        if Path(command[0]).name == "openFPGALoader":
+            _sram_only(command[1:], f"{fields.where}: command")
         return Programmer(command=command, timeout=timeout)
     tool = fields.text("tool", "openFPGALoader")
     board, cable = fields.text("board"), fields.text("cable")
@@ -207,12 +215,14 @@ def _programmer(fields: _Fields) -> Programmer:
     port = fields.integer("port", None, high=65535)
     args = fields.command("args") or ()
     fields.done()
+    _sram_only(args, f"{fields.where}: args")
     if (board is None) == (cable is None):
         raise LabFileError(
             f'{fields.where}: give exactly one of board (e.g. "ulx3s") or cable '
             '(e.g. "xvc-client"), or a command'
         )
-    argv = [tool, *(["-b", board] if board else ["-c", cable])]
+    # --write-sram is openFPGALoader's default: said anyway, as the lab's rule
+    argv = [tool, *(["-b", board] if board else ["-c", cable]), "--write-sram"]
     if serial:
         argv += ["--ftdi-serial", serial]
     if ip:
@@ -220,6 +230,18 @@ def _programmer(fields: _Fields) -> Programmer:
     if port is not None:
         argv += ["--port", str(port)]
     return Programmer(command=(*argv, *args, BITSTREAM), timeout=timeout)
+
+
+def _sram_only(args: tuple[str, ...], where: str) -> None:
+    """Refuse openFPGALoader arguments that would touch the configuration flash."""
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        cluster = re.fullmatch(r"-[A-Za-z]+", arg) is not None and "f" in arg
+        if option in FLASH_OPTIONS or cluster:
+            raise LabFileError(
+                f"{where}: {arg!r} would write the board's configuration flash, which keeps a "
+                "design across power cycles: the lab loads SRAM only"
+            )
 
 
 def parse_lab(text: str, source: str = "lab file") -> Lab:

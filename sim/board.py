@@ -342,11 +342,11 @@ class SimBoard:
         tail = self.log_tail()
         if model is not None:
             tail = [line.replace(f"{model.folder}/src/", "") for line in tail]
-        detail = "\n".join(f"  {line}" for line in tail)
         message = f"board {self.index}: the simulator {how} {during}"
         if bound:
             message += f": {bound}"
-        return BoardFailure(message + (f"; its last output:\n{detail}" if detail else ""))
+        # its words, one per line (the job's one-line error joins them; the log keeps them)
+        return BoardFailure(message + (f"; its last output: {chr(10).join(tail)}" if tail else ""))
 
     def log_tail(self, lines: int = 8) -> list[str]:
         """The simulator's last words, without cocotb's routine chatter."""

@@ -202,7 +202,7 @@ class Builder:
             return model
 
         return find_or_build(self.builds, key, log, self.lookup, make, prefix="sim",
-                             reused="model reused, nothing compiled", slots=self.slots)  # fmt: skip
+                             slots=self.slots)  # fmt: skip
 
     def _build(self, model: Model, filename: str | None, source: bytes | None, log: LogFn) -> None:
         tools = self.toolchain()

@@ -64,7 +64,6 @@ def find_or_build(
     make: Callable[[Path], T],
     *,
     prefix: str,
-    reused: str,
     slots: BuildSlots | None = None,
 ) -> T:
     """The build ``key``: from the cache if ``lookup`` finds it, else made by ``make`` in
@@ -72,14 +71,13 @@ def find_or_build(
     holding one of ``slots`` (the host's bound on builds at once) while it runs."""
     found = lookup(key)
     if found is not None:
-        log(f"{prefix}: build cache hit {key[:12]}: {reused}")
+        # Nothing in the log: whose build it was is not this build's business (the worker
+        # tells a caller who had it before).
         return found
     builds.mkdir(parents=True, exist_ok=True)
-    waiting = f"{prefix}: waiting for another build of {key[:12]} to finish"
-    with file_lock(builds / f"{key}.lock", log, waiting):
+    with file_lock(builds / f"{key}.lock", log, f"{prefix}: waiting for a build slot"):
         found = lookup(key)
         if found is not None:
-            log(f"{prefix}: build cache hit {key[:12]} (built meanwhile by another job)")
             return found
         folder = builds / key
         with slots.hold(log, prefix) if slots is not None else contextlib.nullcontext():

@@ -129,9 +129,22 @@ def _print_regions(mem_map: dict[str, Any]) -> None:
         print(f"elaborate:   {region:<6} {info['base']:#010x}  {info['size']:#x} bytes", flush=True)
 
 
+def _keep_output_as_written() -> None:
+    """LiteX calls ``colorama.init()`` as it is imported: off Windows that wraps stdout to
+    strip escape sequences, and crashes on an OSC one (a window title) that a design
+    prints. A design's output must never crash the lab's code: stdout stays unwrapped
+    (the lab treats what a build prints as untrusted text anyway)."""
+    try:
+        import colorama
+    except ImportError:
+        return
+    colorama.init = lambda *args, **kwargs: None
+
+
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     apply_limits(request["limits"])
+    _keep_output_as_written()
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s: %(message)s")
     out = Path(request["out"])
     out.mkdir(parents=True, exist_ok=True)

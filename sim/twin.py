@@ -32,10 +32,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil.bitstream import BitstreamBuilder
+from hil.bitstream import Bitstream, BitstreamBuilder
 from hil.config import TWIN_CONFIG
 from sim.board import BoardFailure, SimBoard
 from sim.build import Builder, BuildError
+from sim.peers import lab_peer
 from sim.protocol import recv_exactly
 from sim.toolchain import find
 from sim.twin_harness import HELLO
@@ -185,6 +186,10 @@ class Twin:
             if found is None:
                 log.warning("twin %d: unknown bitstream %s: unconfigured", self.index, digest[:12])
                 return False
+            if refused := self._outside_the_slot(found):
+                # as a real lab's rules would: the board never runs it
+                log.warning("twin %d: bitstream %s refused: %s", self.index, digest[:12], refused)
+                return False
             try:
                 model = self.models.build(
                     found.filename, found.design_source(), self._log, ident=found.ident
@@ -198,6 +203,16 @@ class Twin:
             log.info("twin %d: running %s (%s)", self.index, found.ident, digest[:12])
         self._wake()
         return True
+
+    def _outside_the_slot(self, found: Bitstream) -> str:
+        """Why a bitstream reaches outside its user slot (ports, pins, primitives the base
+        SoC does not have), '' if it does not."""
+        if found.filename is None:
+            return ""  # the base SoC itself
+        base = self.bitstreams.lookup(self.bitstreams.key(None, None))
+        if base is None:
+            return "no base SoC in the build cache to compare it with"
+        return "; ".join(found.boundary.beyond(base.boundary))
 
     def _log(self, line: str) -> None:
         log.debug("twin %d: %s", self.index, line)
@@ -230,7 +245,12 @@ class Twin:
         if what == "wake":
             os.read(self._wake_r, 4096)
         elif what == "accept":
-            conn, _ = self._listener.accept()
+            conn, peer = self._listener.accept()
+            if not lab_peer(conn):
+                # a twin's UART is its tenant's board: only the lab (its user) opens it
+                log.warning("twin %d: UART client %s refused: not the lab's user", self.index, peer)
+                conn.close()
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._client is not None:  # a new opener takes the port over
                 self._client.close()

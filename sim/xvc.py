@@ -35,6 +35,8 @@ import threading
 from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
+from sim.peers import lab_peer
+
 log = logging.getLogger("fpgalab.xvc")
 
 IDCODE_LFE5U_25F = 0x41111043
@@ -42,6 +44,9 @@ IDCODE_LFE5U_25F = 0x41111043
 #: at a time and writes a NUL one byte past its receive buffer when a reply fills it:
 #: 2 x (1024 + 8) carries a chunk per round trip and keeps every reply short of that.
 VECTOR_BYTES = 2 * (1024 + 8)
+#: Bytes of one bitstream burst at most: the largest ECP5 (LFE5UM5G-85F) takes ~2.3 MB
+#: uncompressed; a client sending more is dropped, and the burst freed.
+MAX_BURST = 8 << 20
 #: Seconds a reply may wait for a client that does not read before it is dropped.
 SEND_TIMEOUT = 10.0
 #: Seconds between checks for a stop request while a DR capture waits for the hook.
@@ -167,10 +172,13 @@ class Ecp5Tap:
         on_bitstream: Callable[[bytes], bool] | None = None,
         on_erase: Callable[[], None] | None = None,
         idcode: int = IDCODE_LFE5U_25F,
+        max_burst: int = MAX_BURST,
     ) -> None:
         self.on_bitstream = on_bitstream
         self.on_erase = on_erase
         self.idcode = idcode
+        #: Bytes a bitstream burst may carry; more drops the burst and the client.
+        self.max_burst = max_burst
         self._lock = threading.Lock()
         self._configured = False
         self._failed = False
@@ -247,6 +255,12 @@ class Ecp5Tap:
             return both & ((1 << n) - 1)
         if self._sink is not None:
             self._sink.append(bits, n)
+            if len(self._sink.data) > self.max_burst:
+                # no ECP5 takes that much: drop it (and its memory) with the client
+                self._sink = None
+                with self._lock:
+                    self._failed = True
+                raise ValueError(f"a bitstream burst over {self.max_burst} bytes")
             return 0
         both = self._dr | (bits << self._dr_bits)
         self._dr = (both >> n) & ((1 << self._dr_bits) - 1)
@@ -415,6 +429,10 @@ class XVCServer:
             if not self._readable(self._listener):
                 continue
             conn, peer = self._listener.accept()
+            if not lab_peer(conn):
+                log.warning("XVC client %s:%d refused: not the lab's user", *peer[:2])
+                conn.close()
+                continue
             log.info("XVC client %s:%d", *peer[:2])
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -133,3 +133,28 @@ def environment() -> list[str]:
     """The entries of this process's environment (the worker's, in these tests)."""
     raw = Path("/proc/self/environ").read_bytes().split(b"\0")
     return [entry.decode("utf-8", "replace") for entry in raw if b"=" in entry]
+
+
+async def test_escape_sequences_in_a_designs_error_come_back_escaped_on_one_line(
+    start_lab: StartLab,
+) -> None:
+    """A design whose error is a clipboard write (OSC 52), a link (OSC 8), a carriage
+    return faking success, a bidi override and 900,000 characters: the job's error is one
+    line, escaped and capped; the log keeps what the design printed."""
+    lab = await start_lab([3])
+    hostile = (
+        "\x1b]52;c;b3duZWQ=\x07\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\\u202eredro"
+        + "x" * 900_000
+        + "\rfake: build OK"
+    )
+    r = await submit(lab, 3, f"raise RuntimeError({hostile!r})\n", "escapes.py")
+    assert r.status_code == 202, r.text
+    job = await wait_job(lab, 3, r.json()["job_id"], timeout=BUILD_TIMEOUT)
+    error = job["error"]
+    assert job["status"] == "failed" and len(error) <= 1000 and error.endswith("…"), error
+    assert error.startswith("escapes.py:1: RuntimeError: \\x1b]52;c;b3duZWQ=\\x07"), error
+    assert not [ch for ch in error if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0], error
+    assert "\u202e" not in error and "\\u202eredro" in error and "fake" not in error
+    text = await logs(lab, 3, job["job_id"])
+    said = [line[:200] for line in text.splitlines() if "52;c" in line]
+    assert "\x1b]52;c;b3duZWQ=\x07" in text, said  # the log is the record, as printed

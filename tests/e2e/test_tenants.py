@@ -73,3 +73,28 @@ async def test_the_next_tenant_reads_nothing_the_last_one_wrote(
     for at in places:
         assert await read(bob, 6, SRAM + 4 * at, WORDS) == [0] * WORDS, f"SRAM word {at}"
     assert await read(bob, 6, USER, 4) == [0, 0, 0, 0]
+
+
+async def test_a_cache_hit_on_another_callers_build_is_not_told(
+    client: httpx.AsyncClient, start_lab: StartLab, example: Read
+) -> None:
+    """Bob submits the design Alice built: he gets it from the build cache (the lab saves
+    the build) but his log reads like any build's, while Alice, submitting it again, is
+    told it was reused."""
+    as_caller(client, ALICE)
+    lab = await start_lab([5])
+    source = example("accumulator.py") + f"# {random.getrandbits(64):x}\n".encode()
+    alice = await reserve_design(as_caller(lab, ALICE), 5, "mine.py", source)
+    await reset(lab, 5, "release")
+
+    bob = await reserve_design(as_caller(lab, BOB), 5, "theirs.py", source)
+    text = (await lab.get(f"/fpga/5/jobs/{bob['job_id']}/logs")).text
+    assert "fpgalab: build done in" in text, text
+    for telling in ("cache hit", "from the lab's cache", "reused", "another", "meanwhile"):
+        assert telling not in text.lower(), text
+    await reset(lab, 5, "release")
+
+    again = await reserve_design(as_caller(lab, ALICE), 5, "mine.py", source)
+    text = (await lab.get(f"/fpga/5/jobs/{again['job_id']}/logs")).text
+    assert "build reused from the lab's cache (you built this design before)" in text, text
+    assert alice["job_id"] != again["job_id"]

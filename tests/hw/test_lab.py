@@ -3,6 +3,7 @@ a message naming the board and the field."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_a_good_lab_file_describes_each_board() -> None:
         port="/dev/serial/by-id/usb-FTDI-D00123-if00-port0", baudrate=921600, timeout=1.0
     )
     assert zero.program.argv(Path("/c/top.bit")) == [
-        "openFPGALoader", "-b", "ulx3s", "--ftdi-serial", "D00123", "/c/top.bit",
+        "openFPGALoader", "-b", "ulx3s", "--write-sram", "--ftdi-serial", "D00123", "/c/top.bit",
     ]  # fmt: skip
     assert zero.power_cycle == ("uhubctl", "-a", "cycle")
     assert seven.bridge == EtherboneBridge(host="192.168.1.57", port=1234, timeout=2.0,
@@ -57,8 +58,30 @@ def test_an_xvc_cable_becomes_openfpgaloader_arguments() -> None:
     """A network cable's ip and port go to openFPGALoader as --ip and --port."""
     lab = parse_lab(BOARD)
     assert lab.boards[3].program.argv(Path("b.bit")) == [
-        "openFPGALoader", "-c", "xvc-client", "--ip", "127.0.0.1", "--port", "2542", "b.bit",
+        "openFPGALoader", "-c", "xvc-client", "--write-sram", "--ip", "127.0.0.1", "--port",
+        "2542", "b.bit",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("program", "flag"),
+    [
+        ('{ board = "ulx3s", args = ["-f"] }', "-f"),
+        ('{ board = "ulx3s", args = ["--write-flash"] }', "--write-flash"),
+        ('{ board = "ulx3s", args = ["-vf"] }', "-vf"),
+        ('{ board = "ulx3s", args = ["--bulk-erase"] }', "--bulk-erase"),
+        ('{ command = ["openFPGALoader", "-b", "ulx3s", "-f", "{bitstream}"] }', "-f"),
+    ],
+)
+def test_a_programmer_that_would_write_the_flash_is_refused(program: str, flag: str) -> None:
+    """The lab loads SRAM only: an argument that writes the configuration flash (which
+    keeps a tenant's design across power cycles) makes the lab file invalid."""
+    text = BOARD.replace('program = { cable = "xvc-client", ip = "127.0.0.1", port = 2542 }',
+                         f"program = {program}")  # fmt: skip
+    assert text != BOARD
+    with pytest.raises(LabFileError, match=re.escape(f"{flag!r} would write the board's "
+                                                     "configuration flash")):  # fmt: skip
+        parse_lab(text, "lab.toml")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ framing over TCP; and faults on the link (``sim.faults.FaultyLink``) between the
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,13 +22,14 @@ import pytest
 
 from backends.base import BoardError, Design, Op, Transaction
 from backends.hardware import HardwareBackend
+from hil.bitstream import BitstreamBuilder, loaded_forms
 from hil.config import BUS_ERRORS, IDENTIFIER, SCRATCH
 from hil.lab import parse_lab
 from sim.faults import FaultyLink
 from sim.twin import TwinLab
 from sim.xvc import bit_payload
 from tests.e2e import test_api as e2e
-from tests.helpers import board, wait_for
+from tests.helpers import TCP_PROBE, board, run_as_nobody, wait_for
 
 pytestmark = pytest.mark.sim
 
@@ -313,3 +316,53 @@ def test_a_failed_reset_power_cycles_the_board_and_tries_once_more(
         assert text_of(read(hw, 0, IDENTIFIER, 64).data) == BASE_IDENT
     finally:
         hw.close()
+
+
+def test_a_twins_uart_serves_only_the_labs_user(hw: HardwareBackend, twins: TwinLab) -> None:
+    """Another local user connecting to a twin's UART (a tenant's board) is closed at once,
+    and the lab's own connection carries on unharmed."""
+    hw.reset(0, quiet)
+    port = twins.twins[0].info.uart_port
+    probe = run_as_nobody(TCP_PROBE, str(port), "020100000001")  # a read, in UARTBone
+    assert probe.returncode == 0 and probe.stdout.strip() in ("b''", "ConnectionResetError"), (
+        probe.stdout + probe.stderr
+    )
+    assert read(hw, 0, SCRATCH).data == [0x12345678]
+
+
+def test_a_twin_refuses_a_bitstream_that_reaches_outside_its_slot(
+    hw_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bitstream whose build has a top-level port the base SoC does not (planted in a
+    copy of the cache: the builder itself refuses such designs) is refused by the twin,
+    as a real lab's rules would, and the twin stays unconfigured."""
+    loader = shutil.which("openFPGALoader")
+    if loader is None:
+        pytest.skip("openFPGALoader not installed")
+    base = BitstreamBuilder(hw_cache / "hardware").base(quiet)
+    builds = tmp_path / "lab" / "hardware" / "builds"
+    planted = "f" * 64
+    for key in (base.key, planted):
+        shutil.copytree(base.folder, builds / key)
+    info = json.loads((base.folder / "build.json").read_text())
+    info.update(key=planted, filename="grabber.py", language="python")
+    info["boundary"]["ports"]["user_led0"] = ["output", 1]
+    (builds / planted / "build.json").chmod(0o644)
+    (builds / planted / "build.json").write_text(json.dumps(info))
+    index = tmp_path / "lab" / "hardware" / "by-sha256"
+    index.mkdir()
+    for form in loaded_forms(base.bit.read_bytes()):
+        (index / hashlib.sha256(form).hexdigest()).write_text(planted)
+    twins = TwinLab([0], tmp_path / "lab", run_dir=tmp_path / "twins")
+    [twin] = twins.start()
+    try:
+        with caplog.at_level("WARNING", logger="fpgalab.twin"):
+            subprocess.run(
+                [loader, "-c", "xvc-client", "--ip", "127.0.0.1", "--port", str(twin.xvc_port),
+                 str(base.bit)],
+                capture_output=True, timeout=120, check=False,
+            )  # fmt: skip
+        assert twins.twins[0].running is None
+        assert "top-level ports the lab's SoC does not have: `user_led0`" in caplog.text
+    finally:
+        twins.close()

@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from sim.xvc import IDCODE_LFE5U_25F, Ecp5Tap, XVCServer, bit_payload
+from tests.helpers import TCP_PROBE, run_as_nobody
 
 #: Seconds any one openFPGALoader run may take before the test gives up on it.
 RUN_TIMEOUT = 60
@@ -212,6 +213,34 @@ def test_nothing_listening_fails(loader: str, bit: Path) -> None:
     assert run.returncode == 1
     assert "Connection error" in run.stdout + run.stderr
     assert "JTAG init failed with: connection failure" in run.stdout + run.stderr
+
+
+def test_only_the_labs_user_may_connect(serve: Callable[..., XVCServer]) -> None:
+    """Another local user's connection is closed unanswered (it could load any bitstream
+    into a tenant's board); the lab's user is served."""
+    server = serve()
+    probe = run_as_nobody(TCP_PROBE, str(server.port), b"getinfo:".hex())
+    assert probe.returncode == 0 and probe.stdout.strip() in ("b''", "ConnectionResetError"), (
+        probe.stdout + probe.stderr
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"getinfo:")
+        assert s.recv(64).startswith(b"xvcServer_v1.0:")
+
+
+def test_a_burst_past_the_bound_is_dropped_and_freed(
+    loader: str, serve: Callable[..., XVCServer], bit: Path
+) -> None:
+    """A bitstream burst longer than the bound (here 50 kB: a real one is bounded by the
+    largest ECP5's) drops its client and keeps nothing of it; the next client is served."""
+    rec = Recorder()
+    server = serve(tap=Ecp5Tap(rec.on_bitstream, rec.on_erase, max_burst=50_000))
+    cut = load(loader, server.port, bit)
+    assert cut.returncode != 0, cut.stdout + cut.stderr
+    assert rec.bitstreams == [] and server.tap.burst_bytes == 0 and not server.configured
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"getinfo:")
+        assert s.recv(64).startswith(b"xvcServer_v1.0:")
 
 
 class FakeCableCut(Ecp5Tap):

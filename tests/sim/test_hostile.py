@@ -185,6 +185,15 @@ def test_verilog_include_of_a_host_file_fails(hostile: SimBackend) -> None:
         assert line not in error and line not in log.text()
 
 
+def test_a_designs_output_never_crashes_the_elaboration(sim: SimBackend) -> None:
+    """A design printing an OSC sequence (a window title), which crashed LiteX's colorama
+    wrapper, builds: its output goes to the log as it was printed."""
+    source = (PROJECT_ROOT / "docs" / "examples" / "accumulator.py").read_text()
+    log = Log()
+    built = sim.build(Design("title.py", ('print("\\x1b]0;t\\x07")\n' + source).encode()), log)
+    assert built.key and "\x1b]0;t\x07" in log.text()
+
+
 # Network -----------------------------------------------------------------------------------------
 
 

@@ -143,12 +143,10 @@ def test_unmapped_address_times_out_quickly(sim: SimBackend) -> None:
 def test_second_build_is_a_cache_hit(sim: SimBackend, example: Read) -> None:
     """The same design again is served from the cache: no elaboration, no Verilator."""
     first, _ = build(sim, "accumulator.v", example("accumulator.v"))
-    started = time.monotonic()
     again, log = build(sim, "renamed.v", example("accumulator.v"))
     assert again.cached and again.key == first.key
-    assert time.monotonic() - started < 1.0
-    assert "cache hit" in log.text()
-    assert "verilator" not in log.text().lower() and "elaborate" not in log.text()
+    # and the log says nothing of it: whose build it was is not the caller's business
+    assert log.text() == ""
 
 
 def test_broken_python_design_fails_with_its_traceback(sim: SimBackend) -> None:
