@@ -7,12 +7,16 @@
   every build step is run, sandboxed and not (median of ``--steps``, interleaved);
 - one build: a simulated build of ``accumulator.v`` (elaboration + Verilator compile,
   warm compiler cache, a new build key each time so nothing comes from the build
-  cache), sandboxed and not (median of ``--builds``, interleaved).
+  cache), sandboxed and not (median of ``--builds``, interleaved);
+- one reset: a simulated board's simulator stopped and started with the base SoC, in
+  its sandbox (a private folder, a cgroup where there is one) and not (median of
+  ``--resets``, interleaved).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -24,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from backends.sim import SimBackend  # noqa: E402
 from sim import sandbox  # noqa: E402
 from sim.build import Builder  # noqa: E402
 from sim.sandbox import Confinement, Sandbox  # noqa: E402
@@ -65,6 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--builds", type=int, default=5)
+    parser.add_argument("--resets", type=int, default=10)
     args = parser.parse_args()
 
     jail, bare = Sandbox("bwrap"), Sandbox("none")
@@ -98,6 +104,24 @@ def main() -> int:
         side_by_side(
             "build: accumulator.v, warm ccache", args.builds, build("bwrap"), build("none")
         )
+
+        # A reset: the board's simulator stopped and started anew with the base SoC, in a
+        # fresh sandbox (its private folder, its cgroup) or bare (a fresh folder of ours).
+        lab = SimBackend(root / "data", run_dir=root / "boards")
+
+        def reset(mode: str) -> Callable[[], None]:
+            def once() -> None:
+                os.environ[sandbox.MODE_VARIABLE] = mode  # read at each simulator start
+                lab.reset(0, quiet)
+
+            return once
+
+        try:
+            reset("none")()
+            side_by_side("reset: simulator restarted", args.resets, reset("bwrap"), reset("none"))
+        finally:
+            lab.close()
+            os.environ.pop(sandbox.MODE_VARIABLE, None)
     return 0
 
 
