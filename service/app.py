@@ -31,8 +31,12 @@ job: `202` and a `job_id` to poll at `/fpga/{fpga_id}/jobs/{job_id}`.
 Errors always have the shape `{"detail": {"error": CODE, "message": TEXT}}`.
 
 Calls that change something (POST, DELETE) are rate-limited per caller (`429
-rate_limited` with `Retry-After`), their bodies capped (`413`), and each one is
-recorded in an audit trail that admins read at `/audit`.
+rate_limited` with `Retry-After`; runs on a board the caller's session holds have a
+limit of their own), their bodies capped (`413`), and each one is recorded in an audit
+trail that admins read at `/audit`.
+
+`GET /health` says how many boards are ready; a board not checked yet (a lab just
+started) takes submits, and runs them once it is up.
 """
 
 

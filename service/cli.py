@@ -9,17 +9,24 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from service.datadir import private_dir
 from service.procs import child_dies_with_parent
 from service.settings import Settings
 from service.states import NUM_BOARDS
+
+if TYPE_CHECKING:
+    from service.store import Store
 
 log = logging.getLogger("fpgalab")
 
@@ -47,7 +54,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # a bad setting is a configuration error: status 2
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            log.error("FPGALAB_%s: %s", field.upper(), message)
+        raise SystemExit(2) from None
     try:
         private_dir(settings.data_dir)
     except OSError as exc:
@@ -96,8 +110,9 @@ def _boards(args: argparse.Namespace, settings: Settings) -> list[int]:
 
         try:
             return load_lab(settings.lab_file).board_ids
-        except LabFileError as exc:
-            raise SystemExit(f"fpgalab: {exc}") from None
+        except LabFileError as exc:  # a configuration error, as a bad backend: status 2
+            log.error("%s", exc)
+            raise SystemExit(2) from None
     return list(range(NUM_BOARDS))
 
 
@@ -107,7 +122,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from backends import UnknownBackend, get_backend
     from backends.base import BackendUnavailable
     from service.store import Store
-    from service.worker import BoardTaken, Worker
+    from service.worker import BLOCK_MS, BoardTaken, Worker
 
     settings = _settings(args)
     if settings.api_keys.strip():
@@ -127,7 +142,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        store = Store.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", settings)
+        # its queue reads block on purpose: their deadline is the block time and more
+        url = settings.redis_url or "redis://127.0.0.1:6379/0"
+        store = Store.from_url(url, settings, blocking=BLOCK_MS / 1000)
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         worker: Worker | None = None
@@ -180,20 +197,63 @@ def cmd_worker(args: argparse.Namespace) -> int:
         backend.close()
 
 
-def _uvicorn(settings: Settings) -> int:
+#: How often ``serve`` looks whether its boards are ready, until they are (seconds).
+_READY_POLL = 0.2
+
+
+def _url(settings: Settings) -> str:
+    host = settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+async def _announce_ready(store: Store, boards: Sequence[int], url: str) -> None:
+    """Log one line once every board of ``boards`` is ready (``board_ready``): the whole
+    lab is up, and a job submitted now starts at once."""
+    from redis.exceptions import RedisError
+
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            if len(await store.ready_boards(boards)) == len(boards):
+                log.info("lab ready: %d boards on %s", len(boards), url)
+                return
+        await asyncio.sleep(_READY_POLL)
+
+
+def _uvicorn(settings: Settings, announce: Sequence[int] = ()) -> int:
+    """Serve the API until a signal; with ``announce`` (``serve``'s boards), log once
+    when those boards are ready."""
     import uvicorn
 
     from service import server
     from service.app import create_app
 
+    app = create_app(settings)
+
     class Server(uvicorn.Server):
+        announcer: asyncio.Task[None] | None = None
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal once it has stopped, which would kill
             # `fpgalab serve` before it stops its worker and Redis: stop cleanly instead
             self._captured_signals.clear()
 
-    config = server.config(create_app(settings), settings, log_level="info", access_log=False)
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if announce and self.started:  # the API answers; the store is open
+                store = app.state.store
+                self.announcer = asyncio.create_task(
+                    _announce_ready(store, announce, _url(settings))
+                )
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.announcer is not None:
+                self.announcer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.announcer
+            await super().shutdown(sockets)
+
+    config = server.config(app, settings, log_level="info", access_log=False)
     running = Server(config)
     running.run()
     return 0 if running.started else 1
@@ -213,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UnknownBackend as exc:
         log.error("%s", exc)
         return 2
+    served = _boards(args, settings)  # a bad lab file stops us here, before Redis starts
     redis: PrivateRedis | None = None
     if settings.redis_url is None:
         redis = PrivateRedis(settings.data_dir / "redis", settings.redis_maxmemory)
@@ -224,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"redis_url": redis.url})
         log.info("private redis-server on %s, data in %s", redis.url, redis.data_dir)
     assert settings.redis_url is not None
-    boards = ",".join(map(str, _boards(args, settings)))
+    boards = ",".join(map(str, served))
     lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
     worker = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker", "--boards", boards,
@@ -241,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=watch_worker, daemon=True).start()
     try:
-        code = _uvicorn(settings)
+        code = _uvicorn(settings, announce=served)
     finally:
         if worker.poll() is None:
             worker.terminate()

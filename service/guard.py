@@ -5,7 +5,8 @@ For each mutating call the guard names the caller (from ``X-API-Key``; an unknow
 key is audited under no name and answered 401 by the route), its address
 (``service.auth.client_address``) and the route, then:
 
-- a caller who is not an admin takes a token from its bucket (``service.ratelimit``);
+- a caller who is not an admin takes a token from its bucket (``service.ratelimit``),
+  or, for a run on a board its session holds, from its bucket for that board;
   an empty bucket answers ``429 rate_limited`` with ``Retry-After``, and the refusal is
   audited by the same script call. Admins are exempt: they are the lab's operators,
   and in an open lab every caller is ``anonymous`` and an admin, one name for all;
@@ -14,7 +15,10 @@ key is audited under no name and answered 401 by the route), its address
 - otherwise the call runs; its answer is held until its audit record is written (one
   ``XADD``), so a record exists by the time the caller has the answer. The record
   takes the job id from the path or from the 202 body, the error code from an error
-  body. Should the write fail, the answer still goes out and a warning is logged.
+  body. Should the write fail, the answer still goes out and a warning is logged. An
+  answer that says Redis failed the call (``503 redis_unavailable``) is not held: its
+  record is tried after it, so that a stalled Redis costs the caller one deadline, not
+  two.
 
 Reads (GET, HEAD) pass straight through: they are neither limited nor audited.
 """
@@ -142,19 +146,22 @@ class MutationGuard:
 
         limiter = store.rate_limiter
         if (caller is None and limiter.unknown_enabled) or (
-            caller is not None and not caller.admin and limiter.enabled
+            caller is not None and not caller.admin and limiter.limits(action)
         ):
             refused = record(429, error="rate_limited")
+            # a run may be on the caller's own board: the script picks that board's bucket
+            run_on = int(fpga_id) if action == "run" and fpga_id.isdigit() else None
+            own = False
             try:
                 if caller is None:
                     wait = await limiter.take_unknown(limit_address(address), refused)
                 else:
-                    wait = await limiter.take(caller.name, refused)
+                    wait, own = await limiter.take(caller.name, refused, run_on)
             except (RedisError, OSError) as exc:
                 await redis_failure(exc)(scope, receive, send)
                 return
             if wait:
-                await self._refuse(caller, address, wait)(scope, receive, send)
+                await self._refuse(caller, address, wait, own)(scope, receive, send)
                 return
 
         held = _Held(send)
@@ -164,8 +171,13 @@ class MutationGuard:
                 await send(message)
             elif held.hold(message):
                 job_id, error = _outcome(held.status, held.body if held.complete else b"")
+                if error == "redis_unavailable":
+                    # Redis failed this very call (down, or stalled past its deadline):
+                    # the answer goes out now, its record is tried after it
+                    await held.release()
                 await self._write(store, record(held.status, job_id, error))
-                await held.release()
+                if not held.released:
+                    await held.release()
 
         try:
             await self.app(scope, receive, audited)
@@ -178,14 +190,15 @@ class MutationGuard:
             await held.release()
 
     @staticmethod
-    def _refuse(caller: Caller | None, address: str, wait: int) -> JSONResponse:
+    def _refuse(caller: Caller | None, address: str, wait: int, own: bool) -> JSONResponse:
         who = (
             f"{caller.name} is" if caller
             else f"{address} is sending calls with unknown API keys, and is"
         )  # fmt: skip
+        limit = "for runs on a board of its own" if own else "for changes"
         error = TooManyRequests(
             "rate_limited",
-            f"{who} over this lab's rate limit for changes; retry in {wait} s.",
+            f"{who} over this lab's rate limit {limit}; retry in {wait} s.",
             headers={"Retry-After": str(wait)},
         )
         return error_response(error)

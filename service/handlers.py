@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ALL_ERRORS, LabError
@@ -145,8 +146,10 @@ async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
 def redis_failure(exc: BaseException) -> JSONResponse:
     """The answer to a Redis error, wherever a call met it: ``503 redis_full`` when Redis
     refused a write at its ``maxmemory`` (``noeviction``: it never drops lab state to make
-    room), else ``503 redis_unavailable``. A refused script changed nothing: Redis refuses
-    a script at its first write."""
+    room), else ``503 redis_unavailable`` (Redis unreachable, or past its deadline,
+    ``FPGALAB_REDIS_TIMEOUT``). A refused script changed nothing: Redis refuses a script at
+    its first write; a command past its deadline was sent, and a stalled Redis may still
+    carry it out once it resumes."""
     if isinstance(exc, OutOfMemoryError):
         log.warning("redis is full (maxmemory): a change was refused")
         return JSONResponse(
@@ -160,8 +163,16 @@ def redis_failure(exc: BaseException) -> JSONResponse:
             headers={"Retry-After": "60"},
         )
     log.warning("redis unavailable: %s", type(exc).__name__)
+    message = "The lab's state store (Redis) is unreachable; retry."
+    if isinstance(exc, RedisTimeoutError):
+        # the command was sent: Redis, stalled, may still carry it out once it resumes
+        message = (
+            "The lab's state store (Redis) did not answer in time; retry. A call that "
+            "changes something may still be carried out when Redis resumes: retry it with "
+            "the same Idempotency-Key, or look before you repeat it."
+        )
     return JSONResponse(
-        error_body("redis_unavailable", "The lab's state store (Redis) is unreachable; retry."),
+        error_body("redis_unavailable", message),
         status_code=503,
         headers={"Retry-After": "1"},
     )

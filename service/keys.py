@@ -15,6 +15,9 @@ fpgalab:sessions:expiry       zset   fpga id -> session expiry time
 fpgalab:caller:{name}:queued  set    ids of the caller's queued jobs (per-caller limit)
 fpgalab:caller:{name}:stored  hash   bytes the caller stored, per slot of the budget window
 fpgalab:ratelimit:{name}      hash   the caller's token bucket: tokens, at (TTL: refill time)
+fpgalab:ratelimit:{name}:board:{id}
+                              hash   the caller's bucket for runs on board {id} while its
+                                     session holds it
 fpgalab:unknown:bucket:{addr} hash   an address's token bucket for unknown-key calls
 fpgalab:unknown:refused       hash   address -> its refused unknown-key calls not yet audited
 fpgalab:unknown:due           zset   address -> when its refused calls become one record
@@ -91,6 +94,11 @@ def caller_stored(name: str) -> str:
 
 def rate_limit(name: str) -> str:
     return f"{PREFIX}:ratelimit:{name}"
+
+
+def own_board_limit(name: str, fpga_id: int) -> str:
+    # a caller's name has no ':' (service.auth), so this never is another caller's bucket
+    return f"{PREFIX}:ratelimit:{name}:board:{fpga_id}"
 
 
 def unknown_key_limit(address: str) -> str:

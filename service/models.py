@@ -9,10 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from service.settings import MAX_TRANSFER_WORDS
 from service.states import BoardState, Health, JobStatus, JobType
-
-#: The documented per-job transfer ceiling (words); Settings may lower it.
-MAX_TRANSFER_WORDS = 65536
 
 Word = Annotated[int, Field(ge=0, lt=2**32)]
 
@@ -41,12 +39,23 @@ class RedisMemory(BaseModel):
     policy: str = Field(description="Its maxmemory-policy; the lab needs noeviction.")
 
 
+class BoardCounts(BaseModel):
+    ready: int = Field(
+        description="Boards that are up: held by a live worker that has checked them since it "
+        "took them, health good, not in error (idle or in use)."
+    )
+    total: int = Field(description="The lab's boards (10), whether a worker serves them or not.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     redis: bool
     memory: RedisMemory | None = Field(default=None, description="Redis's memory; null if unknown.")
     warning: str | None = Field(
         default=None, description="What an operator should look at (Redis's memory), if anything."
+    )
+    boards: BoardCounts | None = Field(
+        default=None, description="How many boards are ready; null while Redis is unreachable."
     )
 
 

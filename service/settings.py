@@ -10,6 +10,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The most words one run job may carry: the ceiling the API's request schema publishes
+#: (``RunRequest``). ``max_transfer_words`` may lower it, never raise it.
+MAX_TRANSFER_WORDS = 65536
+
 
 def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     """``FPGALAB_TRUSTED_PROXIES`` as networks (a bare address is a network of one)."""
@@ -52,8 +56,9 @@ class Settings(BaseSettings):
 
     #: Largest design upload (bytes).
     max_upload_bytes: int = Field(default=1024 * 1024, gt=0)
-    #: Largest Wishbone transfer one run job may carry (32-bit words).
-    max_transfer_words: int = Field(default=65536, gt=0)
+    #: Largest Wishbone transfer one run job may carry (32-bit words); at most
+    #: ``MAX_TRANSFER_WORDS``, the ceiling of the published request schema.
+    max_transfer_words: int = Field(default=MAX_TRANSFER_WORDS, gt=0)
     #: Most log lines kept per job (older ones are trimmed).
     max_log_lines: int = Field(default=100_000, gt=0)
     #: Most log bytes kept per job: past them lines are dropped but for the last few, and
@@ -77,6 +82,12 @@ class Settings(BaseSettings):
     rate_limit: float = Field(default=10.0, ge=0)
     #: Mutating calls a caller may make at once after a quiet spell (the bucket's size).
     rate_limit_burst: int = Field(default=50, gt=0)
+    #: Runs a caller may queue per second on a board its session holds (reserved), per
+    #: board, sustained; they cost no other caller, so they draw from this bucket instead
+    #: of the caller's shared one. 0: no limit.
+    own_board_rate_limit: float = Field(default=100.0, ge=0)
+    #: Such runs a caller may queue at once on one of its boards (the bucket's size).
+    own_board_rate_limit_burst: int = Field(default=500, gt=0)
     #: Audit records kept (the Redis Stream is trimmed to about this many).
     audit_max_entries: int = Field(default=100_000, gt=0)
     #: Mutating calls with an unknown (or no) API key one client address may make per
@@ -96,6 +107,10 @@ class Settings(BaseSettings):
     redis_maxmemory: str = Field(default="2gb", pattern=r"^(?i:[0-9]+(k|kb|m|mb|g|gb)?)$")
     #: Fraction of Redis's maxmemory past which ``GET /health`` carries a warning.
     redis_memory_warning: float = Field(default=0.8, gt=0, le=1)
+    #: Seconds one Redis command may take before it is abandoned: a stalled Redis is then
+    #: a prompt ``503 redis_unavailable``, as a dead one is. A worker's blocking queue
+    #: read gets its block time on top.
+    redis_timeout: float = Field(default=2.0, gt=0)
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
@@ -131,6 +146,18 @@ class Settings(BaseSettings):
         if path is not None and url and urlsplit(url).password:
             raise ValueError("the Redis URL has a password too: give it in one place only")
         return path
+
+    @field_validator("max_transfer_words")
+    @classmethod
+    def _within_the_schema(cls, value: int) -> int:
+        # the request schema (and /openapi.json) caps a run at MAX_TRANSFER_WORDS: a
+        # larger setting would promise what the schema refuses
+        if value > MAX_TRANSFER_WORDS:
+            raise ValueError(
+                f"{value} is over {MAX_TRANSFER_WORDS:,}, the most words a run job may carry "
+                "(the API's published limit); this setting may only lower it"
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

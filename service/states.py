@@ -19,7 +19,7 @@ BOARD_IDS = range(NUM_BOARDS)
 class BoardState(StrEnum):
     """Where a board is in its life cycle (what it is doing for whom)."""
 
-    #: Free: accepts a submit.
+    #: Free: accepts a submit (unless its health is bad or maintenance).
     IDLE = "idle"
     #: A build_and_program job is queued; a session is open.
     QUEUED = "queued"
@@ -38,7 +38,9 @@ class Health(StrEnum):
 
     #: Last health check passed: the board takes new submits.
     GOOD = "good"
-    #: Not checked since an infrastructure fault (worker lost, board fault).
+    #: Never checked yet, or not since an infrastructure fault (worker lost, board
+    #: fault). An idle board of unknown health takes submits: the worker checks it before
+    #: it runs the build.
     UNKNOWN = "unknown"
     #: A health check or a reset failed: out of service until a good check.
     BAD = "bad"
@@ -70,6 +72,7 @@ class Event(StrEnum):
 
     SUBMIT = "submit"  # a user submits a design (API)
     CANCEL_BUILD = "cancel_build"  # the queued build is cancelled (API)
+    CHECK_FAIL = "check_fail"  # the board failed its health check before its build began
     BUILD_START = "build_start"  # a worker takes the build job
     BUILD_OK = "build_ok"  # design built and programmed
     BUILD_FAIL = "build_fail"  # build or program failed
@@ -86,6 +89,7 @@ _S, _E = BoardState, Event
 TRANSITIONS: dict[tuple[BoardState, Event], BoardState] = {
     (_S.IDLE, _E.SUBMIT): _S.QUEUED,
     (_S.QUEUED, _E.CANCEL_BUILD): _S.IDLE,
+    (_S.QUEUED, _E.CHECK_FAIL): _S.IDLE,
     (_S.QUEUED, _E.BUILD_START): _S.PROGRAMMING,
     (_S.PROGRAMMING, _E.BUILD_OK): _S.RESERVED,
     (_S.PROGRAMMING, _E.BUILD_FAIL): _S.ERROR,

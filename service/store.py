@@ -28,7 +28,7 @@ from service.audit import AuditLog
 from service.ratelimit import RateLimiter
 from service.scripts import Scripts
 from service.settings import Settings
-from service.states import BOARD_IDS
+from service.states import BOARD_IDS, BoardState, Health
 
 #: Most log lines appended by one script call.
 _APPEND_BATCH = 1000
@@ -36,6 +36,20 @@ _APPEND_BATCH = 1000
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def board_ready(record: dict[str, str], worker: str | None) -> bool:
+    """Whether a board is up: a live worker holds it (its lease), that worker has checked
+    it since it took the board (a check at its start, after a reset, or an idle board's
+    periodic one), its health is ``good``, and it is not in ``error``. Whatever its session:
+    a reserved board is as ready as an idle one. ``GET /health`` counts these, and
+    ``fpgalab serve`` says the lab is ready when all its boards are."""
+    return (
+        worker is not None
+        and record.get("health_checked_by") == worker
+        and record.get("health") == Health.GOOD
+        and record.get("state", BoardState.IDLE) != BoardState.ERROR
+    )
 
 
 class LeaseLost(RuntimeError):
@@ -63,13 +77,19 @@ class Store:
         )
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings) -> Store:
+    def from_url(cls, url: str, settings: Settings, blocking: float = 0.0) -> Store:
+        """A store on the Redis at ``url``. Every command has a deadline,
+        ``redis_timeout`` seconds (plus ``blocking``, the longest a command of this
+        client blocks on purpose: a worker's queue read): a Redis that stalls (stopped,
+        swapping, a disk that holds its writes) fails the call with a TimeoutError, which
+        the API answers ``503 redis_unavailable``, instead of holding it until Redis
+        answers. The connection it was on is dropped, so no late reply is misread."""
         redis = Redis.from_url(
             url,
             password=settings.redis_password(),
             decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
+            socket_connect_timeout=settings.redis_timeout,
+            socket_timeout=settings.redis_timeout + blocking,
             health_check_interval=5,
             # A connection that sat idle while Redis restarted fails once, before the
             # command reaches the new server: one retry on a new connection, so the
@@ -107,6 +127,10 @@ class Store:
     async def board(self, fpga_id: int) -> tuple[dict[str, str], str | None]:
         [(_, record, worker)] = await self.boards([fpga_id])
         return record, worker
+
+    async def ready_boards(self, ids: Iterable[int] = BOARD_IDS) -> list[int]:
+        """The boards of ``ids`` that are ready (``board_ready``), in one round trip."""
+        return [i for i, record, worker in await self.boards(ids) if board_ready(record, worker)]
 
     async def job(self, job_id: str) -> dict[str, str]:
         return await self.redis.hgetall(keys.job(job_id))
@@ -201,8 +225,12 @@ class Store:
             "renew", fpga_id, actor.name, actor.admin, actor.session_header, seconds
         )
 
-    async def set_health(self, fpga_id: int, mode: str, health: str, reason: str) -> str:
-        reply = await self.scripts.call("health", fpga_id, mode, health, reason)
+    async def set_health(
+        self, fpga_id: int, mode: str, health: str, reason: str, worker_id: str = ""
+    ) -> str:
+        """``mode`` ``check`` (a worker's check; ``worker_id`` is that worker),
+        ``maintenance`` or ``online`` (an admin)."""
+        reply = await self.scripts.call("health", fpga_id, mode, health, reason, worker_id)
         return reply["health"]
 
     def _idempotency(

@@ -39,7 +39,7 @@ from backends import (
     Op,
     Transaction,
 )
-from service.states import BOARD_IDS, Event, Health, JobStatus, JobType
+from service.states import BOARD_IDS, BoardState, Event, Health, JobStatus, JobType
 from service.store import LeaseLost, Store, new_id
 from service.text import one_line
 
@@ -64,6 +64,11 @@ RETAKE_WITHIN = 3
 #: Heartbeat lifetimes a worker waits, once Redis answers again after an outage, before
 #: it judges other workers by their heartbeats (theirs lapsed while nobody could renew).
 OUTAGE_GRACE_TTLS = 2
+
+
+#: Board states in which a health check may run: the base SoC is on the board (a queued
+#: build has not started yet).
+_CHECKABLE = frozenset({BoardState.IDLE, BoardState.QUEUED})
 
 
 class BoardTaken(RuntimeError):
@@ -315,9 +320,15 @@ class Worker:
     # -- boards -----------------------------------------------------------------------
 
     async def _board_loop(self, board: int) -> None:
-        check_pending, adopted_at = True, 0.0
+        check_pending, adopted_at, looked = True, 0.0, False
         while not self._stopping.is_set() and board not in self._lost:
             try:
+                if not looked:
+                    # First, before any job: check the board (if it is idle or queued), so
+                    # that a build accepted before it was checked (health unknown) runs on
+                    # a board that is up, or fails at its take if the board is bad.
+                    await self._maybe_check_health(board)
+                    looked = True
                 if time.monotonic() - adopted_at > self.settings.worker_heartbeat_ttl:
                     # now and then: entries read by a worker that lost this board
                     check_pending, adopted_at = True, time.monotonic()
@@ -351,13 +362,13 @@ class Worker:
         if last is not None and time.monotonic() - last < self.settings.health_interval:
             return
         record, _ = await self.store.board(board)
-        if record.get("state", "idle") != "idle":
-            return  # a user's design is on it; it is checked after the next reset
+        if record.get("state", "idle") not in _CHECKABLE:
+            return  # a user's design is on it (or going on); it is checked after a reset
         self._last_health[board] = time.monotonic()
         health, reason = await self._check_health(board)
         if health is Health.GOOD:  # published first: a board shown good has its map
             await self._save_memory_map(board)
-        await self.store.set_health(board, "check", health, reason)
+        await self.store.set_health(board, "check", health, reason, self.id)
 
     async def _save_memory_map(self, board: int) -> None:
         """Publish the memory map of what is on the board now (served by the API)."""

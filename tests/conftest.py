@@ -18,7 +18,7 @@ import redis
 from service.settings import Settings
 from service.states import BOARD_IDS
 from service.store import Store
-from service.worker import Worker
+from service.worker import BLOCK_MS, Worker
 from tests.fakes import FakeBackend
 from tests.helpers import RedisServer, serve, wait_for
 
@@ -152,7 +152,7 @@ async def start_worker(settings: Settings, backend: FakeBackend) -> AsyncIterato
         worker_settings: Settings | None = None,
     ) -> Worker:  # fmt: skip
         s = worker_settings or settings
-        store = Store.from_url(s.redis_url or "", s)
+        store = Store.from_url(s.redis_url or "", s, blocking=BLOCK_MS / 1000)
         worker = Worker(store, fake or backend, list(boards))
         task = asyncio.create_task(worker.run())
         started.append((worker, task, store))

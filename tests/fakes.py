@@ -10,8 +10,8 @@ same in a worker in another process:
 - ``SLEEP=<s>``    build sleeps that many seconds first
 - ``GATE``         build waits until the test calls ``release_gate()``
 
-A test in the same process can also hold ``program``, ``transact`` or ``reset``
-calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
+A test in the same process can also hold ``program``, ``transact``, ``reset`` or
+``health`` calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
 only on those boards); a held call sets ``held`` and waits until the test sets
 ``resume`` (at most ``HOLD_TIMEOUT`` seconds, then it raises BackendUnavailable).
 ``close()`` opens the gate and resumes every held call.
@@ -63,7 +63,7 @@ class FakeBackend:
         self.calls: list[tuple[str, Any]] = []
         self.gate = threading.Event()
         self.gate_reached = threading.Event()
-        self.hold: set[str] = set()  # op names: "program", "transact", "reset"
+        self.hold: set[str] = set()  # op names: "program", "transact", "reset", "health"
         self.hold_boards: set[int] = set()  # hold only on these boards; empty: on every board
         self.held = threading.Event()  # a held call is waiting
         self.resume = threading.Event()  # lets every held call go on
@@ -137,6 +137,7 @@ class FakeBackend:
         log(f"fake: board {board} back to the base SoC")
 
     def health(self, board: int) -> HealthReport:
+        self._hold("health", board)
         if board in self.unhealthy:
             return HealthReport(ok=False, detail=f"fake: board {board} does not answer")
         return HealthReport(ok=True, detail="fake: identifier ok")
@@ -149,6 +150,25 @@ class FakeBackend:
     def close(self) -> None:
         self.gate.set()
         self.resume.set()
+
+
+class SlowStartFakeBackend(FakeBackend):
+    """FakeBackend (a test double) whose boards take ``START_SECONDS`` to come up: the
+    first health check of each board waits that long, as the simulated lab's first start
+    builds its base SoC. For ``fpgalab serve --backend tests.fakes:SlowStartFakeBackend``."""
+
+    name = "fake-slow-start"
+    START_SECONDS = 3.0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.up: set[int] = set()
+
+    def health(self, board: int) -> HealthReport:
+        if board not in self.up:
+            time.sleep(self.START_SECONDS)
+            self.up.add(board)
+        return super().health(board)
 
 
 #: Files in a ``FileHeldFakeBackend``'s ``data_dir`` that steer it from another process.

@@ -509,6 +509,72 @@ async def test_a_job_that_needs_redis_in_its_middle_waits_out_an_outage(
             restarted.stop()
 
 
+#: How long the stalled Redis stays stopped: longer than a call's deadline (2 s), and
+#: than the workers' heartbeats.
+STALL = 5.0
+#: What a call may take beyond its Redis deadline on a loaded machine (seconds).
+MARGIN = 1.5
+
+
+async def timed(call: Any) -> tuple[httpx.Response, float]:
+    """The response of ``call`` (a coroutine) and the seconds it took."""
+    started = asyncio.get_running_loop().time()
+    response = await call
+    return response, asyncio.get_running_loop().time() - started
+
+
+async def test_a_stalled_redis_is_a_prompt_503_and_everything_works_again_after_it(
+    tmp_path: Path, processes: StartProcess, spawn_worker: SpawnWorker
+) -> None:
+    """Redis stalled (SIGSTOP, not down) for longer than a call's deadline: a read, a run
+    and /health each answer 503 within FPGALAB_REDIS_TIMEOUT (2 s) and a margin, not when
+    Redis resumes; after SIGCONT every route answers again and the worker runs jobs."""
+    server = RedisServer(tmp_path / "redis").start()
+    store = Store.from_url(server.url, Settings(redis_url=server.url))
+    port = free_port()
+    deadline = 2.0  # FPGALAB_REDIS_TIMEOUT's default
+    try:
+        await start_api(processes, server.url, port)
+        worker = spawn_worker("3", server.url)
+        await wait_serving(store, worker, [3])
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=3 * STALL, trust_env=False
+        ) as c:
+            await reserve(c, 3)
+            assert (await c.get("/fpga/3")).status_code == 200  # a pooled connection, in use
+
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            stopped = asyncio.get_running_loop().time()
+            try:
+                r, took = await timed(c.get("/fpga/3"))
+                assert_error(r, 503, "redis_unavailable")
+                assert r.headers["Retry-After"] == "1"
+                assert took < deadline + MARGIN, took
+                r, took = await timed(c.post("/fpga/3/run", json={"op": 2, "address": 0}))
+                assert_error(r, 503, "redis_unavailable")
+                assert took < deadline + MARGIN, took
+                r, took = await timed(c.get("/health"))
+                assert r.status_code == 503 and r.json()["redis"] is False, r.text
+                assert took < deadline + MARGIN, took
+                await asyncio.sleep(max(0.0, stopped + STALL - asyncio.get_running_loop().time()))
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+
+            r = await c.get("/health")
+            assert r.status_code == 200 and r.json()["redis"] is True, r.text
+            b = await board(c, 3)
+            assert (b["state"], b["health"]) == ("reserved", "good")
+            run = await post_run(c, 3, {"op": 1, "address": 0x40, "data": [7]})
+            assert (await wait_job(c, 3, run, timeout=JOB_TIMEOUT))["status"] == "complete"
+            await wait_serving(store, worker, [3])
+    finally:
+        await store.close()
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGCONT)  # a stopped process ignores SIGTERM
+        server.stop()
+
+
 async def test_a_worker_started_before_redis_waits_for_it(
     tmp_path: Path, spawn_worker: SpawnWorker
 ) -> None:

@@ -33,12 +33,24 @@ async def refused(c: httpx.AsyncClient, fpga_id: int, *words: str) -> str:
     return str(detail["message"])
 
 
-async def test_boards_start_unknown_and_refuse_submits(client: httpx.AsyncClient) -> None:
-    """With no worker yet every board is idle with health unknown, and a submit is 409
-    fpga_unavailable naming that health."""
+async def test_boards_start_unknown_and_take_submits_that_wait_for_a_worker(
+    client: httpx.AsyncClient, start_worker: WorkerFactory
+) -> None:
+    """With no worker yet every board is idle with health unknown, and none is ready; a
+    submit is accepted all the same (202), waits in the queue, and runs once a worker has
+    checked the board."""
     boards = (await client.get("/fpga")).json()
     assert [(b["state"], b["health"]) for b in boards] == [("idle", "unknown")] * len(BOARD_IDS)
-    await refused(client, 0, "FPGA 0", "health is unknown")
+    r = await submit(client, 0)
+    assert r.status_code == 202, r.text
+    assert (await client.get("/health")).json()["boards"] == {"ready": 0, "total": 10}
+    assert (await job(client, 0, r.json()["job_id"]))["status"] == "queued"
+    assert (await board(client, 0))["state"] == "queued"
+
+    await start_worker(boards=[0], wait_healthy=False)
+    assert (await wait_job(client, 0, r.json()["job_id"]))["status"] == "complete"
+    b = await board(client, 0)
+    assert (b["state"], b["health"]) == ("reserved", "good")
 
 
 async def test_the_workers_start_up_check_makes_boards_good(
@@ -51,7 +63,7 @@ async def test_the_workers_start_up_check_makes_boards_good(
     assert healths[3] == "unknown"  # not this worker's board: not checked
     assert (await board(client, 1))["health_reason"] is None
     assert (await submit(client, 1)).status_code == 202
-    await refused(client, 3, "unknown")
+    assert (await client.get("/health")).json()["boards"] == {"ready": 2, "total": 10}
 
 
 async def test_a_board_failing_its_health_check_is_bad(
@@ -126,8 +138,8 @@ async def test_a_worker_check_never_ends_maintenance(
     checks: list[tuple[int, str, str, str]] = []
     set_health = worker.store.set_health
 
-    async def recorded(fpga_id: int, mode: str, health: str, reason: str) -> str:
-        kept = await set_health(fpga_id, mode, health, reason)
+    async def recorded(fpga_id: int, mode: str, health: str, reason: str, by: str = "") -> str:
+        kept = await set_health(fpga_id, mode, health, reason, by)
         checks.append((fpga_id, mode, health, kept))
         return kept
 
@@ -266,3 +278,104 @@ async def test_health_and_state_are_reported_apart(lab: httpx.AsyncClient) -> No
     assert (before["state"], before["health"]) == ("reserved", "good")
     assert (after["state"], after["health"]) == ("reserved", "maintenance")
     assert after["session"] == before["session"]
+
+
+# -- boards not checked yet, and how many are ready -------------------------------------
+
+
+async def ready(client: httpx.AsyncClient) -> int:
+    """``/health``'s count of ready boards (out of all ten)."""
+    r = await client.get("/health")
+    assert r.status_code == 200, r.text
+    counts = r.json()["boards"]
+    assert counts["total"] == len(BOARD_IDS)
+    return int(counts["ready"])
+
+
+async def test_a_submit_while_the_first_check_runs_waits_for_the_board(
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
+) -> None:
+    """A submit to a board whose worker is still bringing it up (its first check under way,
+    health unknown) is accepted; the build waits until the check is done, then runs."""
+    backend.hold.add("health")
+    backend.hold_boards.add(2)
+    await start_worker(boards=[2], wait_healthy=False)
+    await wait_set(backend.held)
+    assert (await board(client, 2))["health"] == "unknown"
+    r = await submit(client, 2)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert await ready(client) == 0
+    assert ("build", "design.py") not in backend.calls  # not before the board is up
+    assert (await job(client, 2, job_id))["status"] == "queued"
+
+    backend.resume.set()
+    assert (await wait_job(client, 2, job_id))["status"] == "complete"
+    b = await board(client, 2)
+    assert (b["state"], b["health"]) == ("reserved", "good")
+    assert await ready(client) == 1
+
+
+async def test_a_board_found_bad_by_its_first_check_fails_the_build_it_took(
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
+) -> None:
+    """A build accepted before its board was checked, on a board the check finds bad, fails
+    without starting (saying why); the board is idle again, bad, with no session, and refuses
+    the next submit."""
+    backend.unhealthy.add(3)
+    backend.hold.add("health")
+    await start_worker(boards=[3], wait_healthy=False)
+    await wait_set(backend.held)
+    r = await submit(client, 3)
+    assert r.status_code == 202, r.text
+    backend.resume.set()
+
+    done = await wait_job(client, 3, r.json()["job_id"])
+    assert done["status"] == "failed", done
+    assert "FPGA 3 failed its health check before the build began" in done["error"]
+    assert "does not answer" in done["error"]
+    b = await board(client, 3)
+    assert (b["state"], b["health"], b["session"]) == ("idle", "bad", None)
+    assert b["current_job_id"] is None
+    assert not [c for c in backend.calls if c[0] in ("build", "program")]
+    await refused(client, 3, "health is bad")
+    assert (await client.get("/fpga/3/session")).status_code == 404
+
+
+async def test_health_counts_the_boards_that_are_up(
+    client: httpx.AsyncClient, start_worker: WorkerFactory, backend: FakeBackend
+) -> None:
+    """/health's ``boards.ready`` counts boards held by a live worker that has checked them,
+    healthy and not in error, in use or not; maintenance, error and a worker's end take a
+    board out, and a new worker's boards count once it has checked them itself."""
+    worker = await start_worker(boards=[4, 5, 6])
+    assert await ready(client) == 3
+    await reserve(client, 4)
+    assert await ready(client) == 3  # in use is still up
+    await client.post("/fpga/5/maintenance")
+    r = await submit(client, 6, "FAIL_BUILD\n")
+    await wait_job(client, 6, r.json()["job_id"])
+    assert (await board(client, 6))["state"] == "error"
+    assert await ready(client) == 1
+    await client.post("/fpga/5/online")
+    assert await ready(client) == 2
+
+    worker.stop()
+
+    async def none_ready() -> bool:
+        return await ready(client) == 0
+
+    await wait_for(none_ready)
+    # a new worker: board 5 is still good in Redis, but not checked by it yet
+    backend.hold.add("health")
+    await start_worker(boards=[5], wait_healthy=False)
+    await wait_set(backend.held)
+    assert (await board(client, 5))["health"] == "good"
+    assert (await board(client, 5))["worker"] is not None
+    assert await ready(client) == 0
+    backend.resume.set()
+
+    async def one_ready() -> bool:
+        return await ready(client) == 1
+
+    await wait_for(one_ready)

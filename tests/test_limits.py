@@ -171,6 +171,22 @@ async def test_a_transfer_over_the_lab_limit_is_refused(lab: httpx.AsyncClient) 
     assert ok.status_code == 202, ok.text
 
 
+def test_the_transfer_setting_may_lower_the_schemas_limit_never_raise_it() -> None:
+    """FPGALAB_MAX_TRANSFER_WORDS takes 1 to 65,536 (the request schema's ceiling, one
+    constant); above it the settings refuse it, saying why."""
+    from pydantic import ValidationError
+
+    from service.models import RunRequest
+
+    assert Settings(max_transfer_words=65536).max_transfer_words == 65536
+    assert Settings(max_transfer_words=8).max_transfer_words == 8
+    with pytest.raises(ValidationError, match="65,536, the most words a run job may carry"):
+        Settings(max_transfer_words=65537)
+    schema = RunRequest.model_json_schema()["properties"]
+    assert schema["length"]["anyOf"][0]["maximum"] == 65536
+    assert schema["data"]["anyOf"][0]["maxItems"] == 65536
+
+
 # -- queued jobs --------------------------------------------------------------------------
 
 

@@ -89,6 +89,7 @@ async def test_a_full_redis_refuses_new_work_and_evicts_nothing(
             store = Store.from_url(small_redis.url, lab)
             try:
                 await store.set_health(0, "check", "good", "")
+                await store.set_health(1, "maintenance", "maintenance", "")  # refuses
             finally:
                 await store.close()
             for who in (ALICE, OPS):  # every script this test calls, loaded before

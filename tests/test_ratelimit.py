@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.helpers import assert_error, serve
+from tests.conftest import WorkerFactory
+from tests.helpers import assert_error, reserve, serve, wait_job
 
 ALICE = {"X-API-Key": "alice-key"}
 BOB = {"X-API-Key": "bob-key"}
@@ -124,3 +125,62 @@ async def test_every_mutating_route_documents_413_and_429(client: httpx.AsyncCli
         assert {"413", "429"} <= set(op["responses"]), path
         assert "rate_limited" in op["responses"]["429"]["description"], path
         assert "Retry-After" in op["responses"]["429"]["headers"], path
+
+
+# -- runs on a board of one's own ------------------------------------------------------
+
+READ = {"op": 2, "address": 0}
+
+
+async def test_an_owners_runs_on_its_own_board_are_not_held_to_the_shared_limit(
+    settings: Settings, start_worker: WorkerFactory
+) -> None:
+    """With the default limits (10/s, bursts of 50), a board's owner makes 200 back-to-back
+    reads, each waited for, and then 60 at once, without a 429: runs on its own reserved
+    board cost nobody else. Its calls on what is shared, and another caller's runs on
+    that board, still draw from the shared buckets."""
+    keyed = settings.model_copy(update={"api_keys": "alice=alice-key,bob=bob-key"})
+    assert (keyed.rate_limit, keyed.rate_limit_burst) == (10.0, 50)
+    await start_worker(boards=[2, 5])
+    async with serve(keyed) as c:
+        await reserve(c, 2, headers=ALICE)
+        refused = []
+        for _ in range(200):
+            r = await c.post("/fpga/2/run", json=READ, headers=ALICE)
+            if r.status_code != 202:
+                refused.append(r.status_code)
+                continue
+            assert (await wait_job(c, 2, r.json()["job_id"], headers=ALICE))["status"] == "complete"
+        assert refused == []
+        at_once = [(await c.post("/fpga/2/run", json=READ, headers=ALICE)).status_code
+                   for _ in range(60)]  # fmt: skip
+        assert set(at_once) == {202}
+        # her shared bucket is whole: a burst of renews of a board she does not hold
+        assert await spend(c, ALICE, 50) == [404] * 50
+        # bob is not the owner: his runs on her board are shared calls, refused past his
+        # burst (plus what refills meanwhile)
+        bob = [(await c.post("/fpga/2/run", json=READ, headers=BOB)).status_code
+               for _ in range(80)]  # fmt: skip
+        assert bob[:50] == [403] * 50 and 429 in bob, bob
+
+
+async def test_runs_on_ones_own_board_have_a_budget_of_their_own(
+    app_settings: Settings, start_worker: WorkerFactory
+) -> None:
+    """FPGALAB_OWN_BOARD_RATE_LIMIT(_BURST) bound an owner's runs on its board: past them
+    429 rate_limited (saying which limit) with Retry-After, while its other calls still
+    draw from its untouched shared bucket."""
+    own = app_settings.model_copy(
+        update={"own_board_rate_limit": 1.0, "own_board_rate_limit_burst": 2 * BURST}
+    )
+    await start_worker(boards=[2])
+    async with serve(own) as c:
+        await reserve(c, 2, headers=ALICE)  # one shared call of BURST
+        statuses = [(await c.post("/fpga/2/run", json=READ, headers=ALICE)).status_code
+                    for _ in range(2 * BURST)]  # fmt: skip
+        assert statuses == [202] * 2 * BURST
+        r = await c.post("/fpga/2/run", json=READ, headers=ALICE)
+        err = assert_error(r, 429, "rate_limited")
+        assert "runs on a board of its own" in err["message"]
+        assert retry_after(r) == 1
+        assert await spend(c, ALICE, BURST - 1) == [404] * (BURST - 1)

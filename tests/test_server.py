@@ -229,6 +229,46 @@ def test_serve_without_redis_url_runs_and_stops_a_private_redis(
     assert not alive(redis_pids[0])
 
 
+def test_a_submit_as_soon_as_serve_answers_is_accepted_and_runs(
+    fpgalab: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """``fpgalab serve`` answers /health while its boards still come up (each takes
+    ``SlowStartFakeBackend.START_SECONDS``, as a first start builds the base SoC): a submit in
+    the same second the API first answers is 202 and completes once the board is up;
+    /health counts the boards that are ready, and serve logs one line once all are."""
+    port = free_port()
+    p = fpgalab(
+        "serve", "--backend", "tests.fakes:SlowStartFakeBackend", "--port", str(port),
+        env={"XDG_DATA_HOME": str(tmp_path / "fresh"), "FPGALAB_HEALTH_INTERVAL": "3600"},
+        port=port,
+    )  # fmt: skip
+
+    def answers() -> httpx.Response | None:
+        if p.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {p.proc.returncode}:\n{p.output()}")
+        try:
+            r = httpx.get(f"{p.base_url}/health", timeout=2, trust_env=False)
+        except httpx.TransportError:
+            return None
+        return r if r.status_code == 200 else None
+
+    first = poll(answers, START_TIMEOUT, "fpgalab serve answering /health")
+    answered = time.monotonic()
+    with httpx.Client(base_url=p.base_url, timeout=10, trust_env=False) as c:
+        r = c.post("/fpga/0/submit", files={"file": ("design.py", b"# a design\n")})
+        assert time.monotonic() - answered < 1.0
+        assert r.status_code == 202, r.text
+        assert first.json()["boards"]["total"] == 10
+        assert first.json()["boards"]["ready"] < 10, first.json()  # they were coming up
+        assert wait_job(c, 0, r.json()["job_id"])["status"] == "complete"
+        assert c.get("/fpga/0").json()["state"] == "reserved"
+        line = f"lab ready: 10 boards on http://127.0.0.1:{port}"
+        poll(lambda: line in p.output(), START_TIMEOUT, "serve saying the lab is ready")
+        assert c.get("/health").json()["boards"] == {"ready": 10, "total": 10}
+    assert p.output().count("lab ready") == 1
+    assert stop(p, signal.SIGTERM) == 0
+
+
 def test_serve_with_an_unknown_backend_names_the_valid_ones(
     fpgalab: Callable[..., Proc], redis_url: str
 ) -> None:
@@ -249,6 +289,47 @@ def test_worker_refuses_boards_outside_0_to_9(fpgalab: Callable[..., Proc]) -> N
     assert code == 2
     out = p.output()
     assert "--boards" in out and "boards are 0-9" in out
+
+
+#: A lab file with a mistake in board 3's bridge: its port is missing.
+BAD_LAB = """
+[[board]]
+id = 3
+bridge = { kind = "uart" }
+program = { board = "ulx3s" }
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("worker",), ("worker", "--boards", "3"), ("serve", "--port", "0")],
+    ids=["worker", "worker-boards", "serve"],
+)
+def test_a_bad_lab_file_stops_at_once_with_status_2(
+    fpgalab: Callable[..., Proc], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A lab file with a mistake stops ``worker`` and ``serve`` at once with exit status 2 (a
+    configuration error, as docs/lab.md says), naming the file, the board and the field;
+    ``serve`` starts nothing first."""
+    lab = tmp_path / "lab.toml"
+    lab.write_text(BAD_LAB)
+    p = fpgalab(*args, "--backend", "hardware", "--lab", str(lab))
+    assert p.proc.wait(START_TIMEOUT) == 2, p.output()
+    assert "lab.toml: board 3: bridge: port: missing (expected a string)" in p.output()
+    assert "redis-server" not in p.output()
+    assert not (tmp_path / "xdg-data" / "fpgalab" / "redis").exists()
+
+
+def test_a_setting_out_of_range_stops_at_once_with_status_2(
+    fpgalab: Callable[..., Proc],
+) -> None:
+    """A setting the lab cannot take (here FPGALAB_MAX_TRANSFER_WORDS over the schema's
+    65,536) stops the process with exit status 2 and one line naming the variable."""
+    p = fpgalab("api", "--port", "0", env={"FPGALAB_MAX_TRANSFER_WORDS": "100000"})
+    assert p.proc.wait(START_TIMEOUT) == 2, p.output()
+    out = p.output()
+    assert "FPGALAB_MAX_TRANSFER_WORDS: 100000 is over 65,536" in out
+    assert "Traceback" not in out
 
 
 # -- the lab's data and secrets ------------------------------------------------------------

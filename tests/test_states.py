@@ -100,6 +100,7 @@ def test_next_state_follows_the_table(state: BoardState, event: Event) -> None:
     expected = {
         (BoardState.IDLE, Event.SUBMIT): BoardState.QUEUED,
         (BoardState.QUEUED, Event.CANCEL_BUILD): BoardState.IDLE,
+        (BoardState.QUEUED, Event.CHECK_FAIL): BoardState.IDLE,
         (BoardState.QUEUED, Event.BUILD_START): BoardState.PROGRAMMING,
         (BoardState.PROGRAMMING, Event.BUILD_OK): BoardState.RESERVED,
         (BoardState.PROGRAMMING, Event.BUILD_FAIL): BoardState.ERROR,

@@ -375,6 +375,7 @@ async def test_health_reports_redis_down_and_the_api_recovers(
                 "redis": False,
                 "memory": None,
                 "warning": None,
+                "boards": None,
             }
             replies = await asyncio.gather(
                 c.get("/fpga"), c.get("/fpga/3"), submit(c, 3)

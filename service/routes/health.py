@@ -1,4 +1,5 @@
-"""``GET /health``: the service is up, whether Redis answers, and Redis's memory."""
+"""``GET /health``: the service is up, whether Redis answers, Redis's memory, and how many
+boards are ready."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import NoPermissionError, RedisError
 
 from service.deps import SettingsDep, StoreDep
-from service.models import HealthResponse, RedisMemory
+from service.models import BoardCounts, HealthResponse, RedisMemory
+from service.states import NUM_BOARDS
 
 router = APIRouter(tags=["health"])
 
@@ -40,12 +42,18 @@ def memory_warning(memory: RedisMemory, threshold: float) -> str | None:
     responses={503: {"model": HealthResponse, "description": "Redis is unreachable."}},
 )
 async def health(store: StoreDep, settings: SettingsDep) -> HealthResponse | JSONResponse:
+    """The API answers; whether Redis does, its memory, and how many boards are ready.
+    Boards that are not ready (yet) do not make the lab degraded: a submit to a board
+    not checked yet is accepted and runs once the board is up."""
+    deadline = settings.redis_timeout
     try:
-        await asyncio.wait_for(store.ping(), timeout=2.0)
-        used, limit, policy = await asyncio.wait_for(store.memory(), timeout=2.0)
+        await asyncio.wait_for(store.ping(), timeout=deadline)
+        ready = await asyncio.wait_for(store.ready_boards(), timeout=deadline)
+        boards = BoardCounts(ready=len(ready), total=NUM_BOARDS)
+        used, limit, policy = await asyncio.wait_for(store.memory(), timeout=deadline)
     except NoPermissionError:  # a shared Redis whose lab user may not run INFO
         return HealthResponse(
-            status="ok", redis=True,
+            status="ok", redis=True, boards=boards,
             warning="Redis's memory is unknown: the lab's Redis user may not run INFO.",
         )  # fmt: skip
     except (RedisError, OSError, TimeoutError):
@@ -57,4 +65,5 @@ async def health(store: StoreDep, settings: SettingsDep) -> HealthResponse | JSO
         redis=True,
         memory=memory,
         warning=memory_warning(memory, settings.redis_memory_warning),
+        boards=boards,
     )

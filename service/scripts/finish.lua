@@ -21,6 +21,7 @@ finish_keys(job_id, retention)
 local b = board_key(id)
 if event ~= '' then transition(id, event, t) end
 if hget(b, 'current_job_id') == job_id then redis.call('HDEL', b, 'current_job_id') end
+if health ~= '' then redis.call('HSET', b, 'health_checked_by', wid) end
 if health ~= '' and hget(b, 'health') ~= 'maintenance' then
   redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
 end

@@ -1,17 +1,24 @@
 -- Token buckets of mutating calls: take one token for a call, or refuse it.
 -- KEYS[1] the audit stream, KEYS[2] refused unknown-key calls not yet audited (hash:
 --   address -> count), KEYS[3] when each address's count is due (zset: address -> time),
---   KEYS[4] the bucket (hash: tokens, at; absent in mode 'flush').
--- ARGV: rate (tokens/s) burst audit_maxlen mode window address, then the refused call's
---   audit record as field value pairs.
--- mode 'record' (a caller's bucket): a refused call's record goes to the audit stream.
+--   KEYS[4] the bucket (hash: tokens, at; absent in mode 'flush'); for a run, KEYS[5] its
+--   board (hash) and KEYS[6] the caller's bucket for runs on that board.
+-- ARGV: rate (tokens/s) burst audit_maxlen mode window address caller own_rate own_burst,
+--   then the refused call's audit record as field value pairs.
+-- A rate of 0 is no limit.
+-- mode 'record' (a caller's bucket): a refused call's record goes to the audit stream. A
+--   run on a board whose session the caller holds, reserved, costs nobody else: it takes
+--   from the caller's bucket for that board (own_rate, own_burst) instead.
 -- mode 'count' (an address's bucket for calls with unknown keys): the first refused call
 --   of a window is recorded; the others are counted, and become one record (with a
 --   'count') once the window has closed, so that a flood cannot push the trail out.
 -- mode 'flush': only write the counts whose window has closed (before the trail is read).
--- Returns 0 (allowed) or the whole seconds until a token is there (refused).
+-- Returns 0 (allowed) or the whole seconds until a token is there (refused), negative
+-- when the bucket was that of runs on the caller's own board.
 local rate, burst, maxlen, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local window, address = tonumber(ARGV[5]), ARGV[6]
+local window, address, caller = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local own_rate, own_burst = tonumber(ARGV[8]), tonumber(ARGV[9])
+local RECORD = 10  -- where the refused call's audit record starts in ARGV
 local clock = redis.call('TIME')
 local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
@@ -32,26 +39,33 @@ end
 if mode ~= 'record' then flush() end
 if mode == 'flush' then return 0 end
 
-local stored = redis.call('HMGET', KEYS[4], 'tokens', 'at')
+local bucket, sign = KEYS[4], 1
+if KEYS[6] and redis.call('HGET', KEYS[5], 'session_owner') == caller
+    and redis.call('HGET', KEYS[5], 'state') == 'reserved' then
+  bucket, rate, burst, sign = KEYS[6], own_rate, own_burst, -1
+end
+if rate <= 0 then return 0 end
+
+local stored = redis.call('HMGET', bucket, 'tokens', 'at')
 local tokens = tonumber(stored[1]) or burst
 local at = tonumber(stored[2]) or t
 if t > at then tokens = math.min(burst, tokens + (t - at) * rate) end
 -- once full again the bucket is as good as absent: let it expire then
 local ttl_ms = math.ceil(burst / rate * 1000) + 1000
 if tokens >= 1 then
-  redis.call('HSET', KEYS[4], 'tokens', tokens - 1, 'at', t)
-  redis.call('PEXPIRE', KEYS[4], ttl_ms)
+  redis.call('HSET', bucket, 'tokens', tokens - 1, 'at', t)
+  redis.call('PEXPIRE', bucket, ttl_ms)
   return 0
 end
-redis.call('HSET', KEYS[4], 'tokens', tokens, 'at', t)
-redis.call('PEXPIRE', KEYS[4], ttl_ms)
+redis.call('HSET', bucket, 'tokens', tokens, 'at', t)
+redis.call('PEXPIRE', bucket, ttl_ms)
 if mode == 'count' and redis.call('ZSCORE', KEYS[3], address) then
   redis.call('HINCRBY', KEYS[2], address, 1)
-elseif #ARGV > 6 then
-  audit(unpack(ARGV, 7))
+elseif #ARGV >= RECORD then
+  audit(unpack(ARGV, RECORD))
   if mode == 'count' then
     redis.call('ZADD', KEYS[3], t + window, address)
     redis.call('HSET', KEYS[2], address, 0)
   end
 end
-return math.max(1, math.ceil((1 - tokens) / rate))
+return sign * math.max(1, math.ceil((1 - tokens) / rate))

@@ -1,4 +1,7 @@
--- Open a session on an idle, healthy board and queue its build_and_program job.
+-- Open a session on an idle board in service and queue its build_and_program job.
+-- In service: health good, or unknown (not checked yet: the worker checks the board
+-- before it takes the build, as LAVA schedules onto devices of unknown health); a board
+-- that is bad or in maintenance is refused.
 -- ARGV: fpga_id job_id owner session_id session_ttl max_lifetime
 --       filename design design_sha256 idem_key fingerprint idem_ttl
 --       max_queued_per_board max_queued_per_caller
@@ -20,7 +23,7 @@ if state ~= 'idle' then
   return fail('fpga_not_idle', 'FPGA ' .. id .. ' is ' .. state .. ', not idle.')
 end
 local health = hget(b, 'health') or 'unknown'
-if health ~= 'good' then
+if health ~= 'good' and health ~= 'unknown' then
   local reason = hget(b, 'health_reason')
   local why = 'FPGA ' .. id .. ' is out of service: health is ' .. health
   if reason and reason ~= '' then why = why .. ' (' .. reason .. ')' end

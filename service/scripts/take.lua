@@ -37,6 +37,23 @@ if state ~= expected[jtype] then
   publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
   return ok({skip = 'board is ' .. state})
 end
+if jtype == 'build_and_program' and hget(board_key(id), 'health') == 'bad' then
+  -- accepted while the board was not checked yet (health unknown), and its check failed:
+  -- the build fails before it starts, the board is free again (out of service)
+  local reason = hget(board_key(id), 'health_reason') or ''
+  if reason ~= '' then reason = ' (' .. reason .. ')' end
+  redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
+    'error', 'FPGA ' .. id .. ' failed its health check before the build began' .. reason ..
+    '; the session is closed.')
+  unqueue(job_id, id)
+  drop_entry(id, entry)
+  finish_keys(job_id, retention)
+  transition(id, 'check_fail', t)
+  close_session(id)
+  redis.call('HDEL', board_key(id), 'current_job_id')
+  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
+  return ok({skip = 'board failed its health check'})
+end
 redis.call('HSET', k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
 unqueue(job_id, id)
 redis.call('ZADD', RUNNING, t, job_id)
