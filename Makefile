@@ -22,7 +22,7 @@ run: $(VENV)/.installed system
 test: $(VENV)/.installed system
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 	$(BIN)/pytest -n 2 --backend hardware --run-slow \
-	  tests/e2e tests/hw/test_bitstream.py tests/hw/test_xvc.py $(PYTEST_ARGS)
+	  tests/e2e tests/hil/build/test_ecp5.py tests/sim/twins/test_xvc.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/nox -s lint

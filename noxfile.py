@@ -3,13 +3,18 @@ and ``bench`` on demand."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "twins", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-LINT_PATHS = ["service", "backends", "sim", "hil", "tests", "benches", "noxfile.py"]
+#: The project's packages, each a folder of the repository, installed as fpgalab.<name>.
+PACKAGES = ("service", "backends", "sim", "hil")
+LINT_PATHS = [*PACKAGES, "tests", "benches", "noxfile.py"]
 
 
 def tests_impl(session: nox.Session, *pytest_args: str) -> None:
@@ -53,8 +58,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typing(session: nox.Session) -> None:
+    """mypy (strict) on fpgalab.service and fpgalab.backends. mypy resolves modules by
+    folder, and the folders are mapped under ``fpgalab`` only when installed: it reads
+    them through a tree of links named as they are imported."""
     session.install("-e", ".[test]", "mypy")
-    session.run("mypy")
+    tree = Path(session.create_tmp()) / "mypy-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "fpgalab").mkdir(parents=True)
+    for package in PACKAGES:
+        (tree / "fpgalab" / package).symlink_to(Path(package).resolve())
+    session.run("mypy", env={"MYPYPATH": str(tree)})
 
 
 @nox.session(python=PYTHON)

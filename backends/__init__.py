@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from backends.base import (
+from fpgalab.backends.base import (
     Backend,
     BackendError,
     BackendUnavailable,
@@ -46,8 +46,8 @@ __all__ = [
 
 #: Backend name -> "module:Class".
 REGISTRY: dict[str, str] = {
-    "sim": "backends.sim:SimBackend",
-    "hardware": "backends.hardware:HardwareBackend",
+    "sim": "fpgalab.backends.sim:SimBackend",
+    "hardware": "fpgalab.backends.hardware:HardwareBackend",
 }
 
 

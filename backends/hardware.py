@@ -1,7 +1,7 @@
-"""The ``hardware`` backend: real boards named in a lab file (``hil.lab``), reached
-through LiteX host bridges (``hil.uartbone``, ``hil.etherbone``), programmed with
-openFPGALoader (``hil.programmer``), with bitstreams from the open ECP5 toolchain in a
-content-addressed cache (``hil.bitstream``).
+"""The ``hardware`` backend: real boards named in a lab file (``hil.lab.labfile``), reached
+through LiteX host bridges (``hil.lab.uartbone``, ``hil.lab.etherbone``), programmed with
+openFPGALoader (``hil.lab.programmer``), with bitstreams from the open ECP5 toolchain in a
+content-addressed cache (``hil.build.ecp5``).
 
 - **build**: the lab's SoC for the lab's platform, with the user's design in its slot.
 - **program**: load the bitstream into SRAM, then confirm the load by reading the new
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import (
+from fpgalab.backends.base import (
     BackendError,
     BackendUnavailable,
     BoardError,
@@ -43,14 +43,15 @@ from backends.base import (
     TransactResult,
     default_data_dir,
 )
-from hil.bitstream import DEFAULT_TIMEOUT, Bitstream, BitstreamBuilder
-from hil.bridge import Bridge, BridgeError, Read, Write
-from hil.config import BUS_ERRORS, HW_CONFIG, IDENT_PREFIX, IDENTIFIER, SCRATCH
-from hil.etherbone import Etherbone
-from hil.lab import BoardSpec, EtherboneBridge, Lab, LabFileError, load_lab
-from hil.programmer import ProgramError, ProgrammerMissing, load, run_command
-from hil.uartbone import UARTBone
-from sim.build import DesignBuildError, ToolchainError
+from fpgalab.hil.build.ecp5 import Bitstream, BitstreamBuilder
+from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
+from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
+from fpgalab.hil.gateware.config import BUS_ERRORS, HW_CONFIG, IDENT_PREFIX, IDENTIFIER, SCRATCH
+from fpgalab.hil.lab.bridge import Bridge, BridgeError, Read, Write
+from fpgalab.hil.lab.etherbone import Etherbone
+from fpgalab.hil.lab.labfile import BoardSpec, EtherboneBridge, Lab, LabFileError, load_lab
+from fpgalab.hil.lab.programmer import ProgramError, ProgrammerMissing, load, run_command
+from fpgalab.hil.lab.uartbone import UARTBone
 
 #: Seconds a board may take after a load until its identifier reads back right.
 CONFIRM_TIMEOUT = 10.0

@@ -1,6 +1,6 @@
 """The ``sim`` backend: a lab of simulated boards, each a Verilator model of the lab's
 SoC driven by cocotb (``sim.board``), built through a content-addressed cache
-(``sim.build``).
+(``sim.verilator``).
 
 A board whose simulator is not running is off; ``health`` and ``reset`` power it on
 with the base SoC. Errors of ``sim`` are translated here, at the boundary, into the
@@ -11,13 +11,12 @@ BoardError, a missing toolchain → BackendUnavailable.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backends.base import (
+from fpgalab.backends.base import (
     BackendError,
     BackendUnavailable,
     BoardError,
@@ -31,12 +30,14 @@ from backends.base import (
     TransactResult,
     default_data_dir,
 )
-from hil.config import IDENT_PREFIX, IDENTIFIER, SCRATCH
-from sim.board import BoardFailure, SimBoard, to_bytes
-from sim.build import DEFAULT_TIMEOUT, Builder, DesignBuildError, Model, ToolchainError
-from sim.protocol import Op as WireOp
-from sim.protocol import Status
-from sim.toolchain import ToolchainMissing, find
+from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
+from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
+from fpgalab.hil.gateware.config import IDENT_PREFIX, IDENTIFIER, SCRATCH
+from fpgalab.sim.board import BoardFailure, SimBoard, to_bytes
+from fpgalab.sim.protocol import Op as WireOp
+from fpgalab.sim.protocol import Status
+from fpgalab.sim.toolchain import ToolchainMissing, find
+from fpgalab.sim.verilator import Builder, Model
 
 
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ class SimBackend:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir("sim")
         self.run_dir = Path(run_dir) if run_dir is not None else self.data_dir / "boards"
         if build_timeout is None:
-            build_timeout = float(os.environ.get("FPGALAB_BUILD_TIMEOUT", DEFAULT_TIMEOUT))
+            build_timeout = DEFAULT_TIMEOUT
         self.builder = Builder(self.data_dir, timeout=build_timeout, slots=build_slots or None)
         self._boards: dict[int, SimBoard] = {}
         self._locks: dict[int, threading.RLock] = {}

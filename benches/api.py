@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from backends import (  # noqa: E402
+from fpgalab.backends import (  # noqa: E402
     Build,
     Design,
     HealthReport,
@@ -131,16 +131,16 @@ def serve(app: Any, port: int) -> None:
     with bounded request heads; no access log)."""
     import uvicorn
 
-    from service import server
-    from service.settings import Settings
+    from fpgalab.service import server
+    from fpgalab.service.settings import Settings
 
     settings = Settings(host=HOST, port=port)
     uvicorn.Server(server.config(app, settings, log_level="warning", access_log=False)).run()
 
 
 def role_lab(args: argparse.Namespace) -> None:
-    from service.app import create_app
-    from service.settings import Settings
+    from fpgalab.service.app import create_app
+    from fpgalab.service.settings import Settings
 
     keys = f"user={BENCH_KEY},ops=bench-admin-key:admin" if args.keyed else ""
     settings = Settings(
@@ -155,10 +155,10 @@ def role_bare(args: argparse.Namespace) -> None:
 
 
 def role_worker(args: argparse.Namespace) -> None:
-    from service.settings import Settings
-    from service.states import BOARD_IDS
-    from service.store import Store
-    from service.worker import Worker
+    from fpgalab.service.settings import Settings
+    from fpgalab.service.states import BOARD_IDS
+    from fpgalab.service.store import Store
+    from fpgalab.service.worker import Worker
 
     settings = Settings(redis_url=args.redis_url, worker_stop_grace=2)
 
@@ -395,7 +395,7 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        from service.procs import child_dies_with_parent
+        from fpgalab.service.procs import child_dies_with_parent
 
         log = (self.logdir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
@@ -509,7 +509,7 @@ def guard_rows(ports: dict[str, int], args: argparse.Namespace) -> tuple[dict[st
 def lab_processes(args: argparse.Namespace) -> Iterator[dict[str, int]]:
     """Redis, the lab API (open; and keyed: rate-limited, unlimited), its worker and the
     bare app; their ports by name."""
-    from service.redisproc import PrivateRedis, free_port
+    from fpgalab.service.redisproc import PrivateRedis, free_port
 
     with tempfile.TemporaryDirectory(prefix="fpgalab-bench-") as tmp:
         redis = PrivateRedis(Path(tmp) / "redis")

@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backends.base import Design, Op, Transaction  # noqa: E402
-from backends.hardware import HardwareBackend  # noqa: E402
-from backends.sim import SimBackend  # noqa: E402
-from hil.config import SCRATCH  # noqa: E402
-from hil.lab import parse_lab  # noqa: E402
-from hil.uartbone import ceiling  # noqa: E402
-from sim.twin import TwinLab  # noqa: E402
+from fpgalab.backends.base import Design, Op, Transaction  # noqa: E402
+from fpgalab.backends.hardware import HardwareBackend  # noqa: E402
+from fpgalab.backends.sim import SimBackend  # noqa: E402
+from fpgalab.hil.gateware.config import SCRATCH  # noqa: E402
+from fpgalab.hil.lab.labfile import parse_lab  # noqa: E402
+from fpgalab.hil.lab.uartbone import ceiling  # noqa: E402
+from fpgalab.sim.twins.twin import TwinLab  # noqa: E402
 
 SRAM = 0x0100_0000
 

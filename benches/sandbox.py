@@ -3,7 +3,7 @@
 
     .venv/bin/python benches/sandbox.py [--steps 30] [--builds 5]
 
-- one step: ``true`` and ``python -c pass`` run through ``sim.sandbox.run``, the way
+- one step: ``true`` and ``python -c pass`` run through ``hil.procs.run``, the way
   every build step is run, sandboxed and not (median of ``--steps``, interleaved);
 - one build: a simulated build of ``accumulator.v`` (elaboration + Verilator compile,
   warm compiler cache, a new build key each time so nothing comes from the build
@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from backends.sim import SimBackend  # noqa: E402
-from sim import sandbox  # noqa: E402
-from sim.build import Builder  # noqa: E402
-from sim.sandbox import Confinement, Sandbox  # noqa: E402
+from fpgalab.backends.sim import SimBackend  # noqa: E402
+from fpgalab.hil import procs  # noqa: E402
+from fpgalab.hil.build import sandbox  # noqa: E402
+from fpgalab.hil.build.sandbox import Confinement, Sandbox  # noqa: E402
+from fpgalab.sim.verilator import Builder  # noqa: E402
 
 SOURCE = (REPO / "docs" / "examples" / "accumulator.v").read_bytes()
 
@@ -43,7 +44,7 @@ def quiet(line: str) -> None:
 def step(jail: Sandbox, cmd: list[str], folder: Path) -> Callable[[], None]:
     def once() -> None:
         argv = jail.command(cmd, folder, Confinement(writable=(folder,)))
-        done = sandbox.run(argv, cwd=folder, env=sandbox.clean_env({}), timeout=30, log=quiet)
+        done = procs.run(argv, cwd=folder, env=procs.clean_env({}), timeout=30, log=quiet)
         assert done.returncode == 0, done
 
     return once

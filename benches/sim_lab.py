@@ -12,7 +12,7 @@ same temporary folder: a cold lab. Then, over loopback HTTP:
   same design again (build cache hit) and a changed design (warm ccache), beside the
   raw Verilator compile of the same Verilog (cocotb's runner, fresh folder, no ccache);
 - one read: POST run -> poll -> GET result, p50/p99, beside the board's raw socket
-  round trip and the backend's ``transact`` (``sim.bench``, its own simulator);
+  round trip and the backend's ``transact`` (``benches.sim_backend``, its own simulator);
 - bulk: words/s of a 65,536-word write and read to SRAM through the API, beside the
   backend's ``transact`` of the same size and the per-clock cocotb master;
 - memory: RSS of the simulators (one idle board, all ten), the worker, the API, Redis;
@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from sim.board import comm, descendants  # noqa: E402
+from fpgalab.sim.board import comm, descendants  # noqa: E402
 
 HOST = "127.0.0.1"
 EXAMPLES = REPO / "docs" / "examples"
@@ -194,7 +194,7 @@ class Lab:
         self.simulators: set[int] = set()
 
     def start(self) -> None:
-        from service.redisproc import PrivateRedis, free_port
+        from fpgalab.service.redisproc import PrivateRedis, free_port
 
         self.redis = PrivateRedis(self.root / "redis")
         self.redis.start()
@@ -206,12 +206,12 @@ class Lab:
         self._spawn("api", env, "api", "--port", str(self.port), *common)
 
     def _spawn(self, name: str, env: dict[str, str], *args: str) -> None:
-        from service.procs import child_dies_with_parent
+        from fpgalab.service.procs import child_dies_with_parent
 
         with (self.root / f"{name}.log").open("wb") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=REPO, preexec_fn=child_dies_with_parent,
+                [sys.executable, "-m", "fpgalab.service.cli", *args], stdout=log,
+                stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=child_dies_with_parent,
             )  # fmt: skip
 
     def check(self) -> None:
@@ -287,7 +287,7 @@ def build_key(api: Api, board: int) -> str:
 
 
 def bench_builds(api: Api, lab: Lab) -> dict[str, Any]:
-    from sim.bench import raw_verilator
+    from benches.sim_backend import raw_verilator
 
     source = (EXAMPLES / "accumulator.py").read_bytes()
     # A design no cache has seen, and an empty ccache: nothing is reused but the base SoC.
@@ -384,8 +384,8 @@ def bench_bulk(api: Api, repeats: int = 3) -> dict[str, Any]:
 
 def bench_baselines(root: Path, data: Path) -> dict[str, Any]:
     """sim.bench's bus figures on a simulator of our own (same build cache, board 0)."""
-    from backends.sim import SimBackend
-    from sim.bench import bench_bus
+    from benches.sim_backend import bench_bus
+    from fpgalab.backends.sim import SimBackend
 
     sim = SimBackend(data / "sim", run_dir=root / "baseline-boards")
     try:

@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_lab import EXAMPLES, REPO, Api, Lab, rss_bytes
 
-from sim.board import comm
+from fpgalab.sim.board import comm
 
 FINAL = ("complete", "failed", "cancelled")
 #: Seconds the clients get to end their cycles once the soak stops, and the jobs still
@@ -263,7 +263,7 @@ class SoakLab(Lab):
         self.args = {name: proc.args for name, proc in self.procs.items()}
 
     def respawn(self, name: str) -> None:
-        from service.procs import child_dies_with_parent
+        from fpgalab.service.procs import child_dies_with_parent
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("FPGALAB_")}
         env.update(FPGALAB_DATA_DIR=str(self.data), FPGALAB_API_KEYS="", PYTHONPATH=str(REPO))

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from service import handlers
-from service.auth import KeyRing
-from service.bodylimit import MUTATING, BodyLimit
-from service.guard import MutationGuard
-from service.head import HeadAsGet
-from service.routes import audit, boards, health, jobs, sessions
-from service.settings import Settings
-from service.store import Store
+from fpgalab.service import handlers
+from fpgalab.service.auth import KeyRing
+from fpgalab.service.bodylimit import MUTATING, BodyLimit
+from fpgalab.service.guard import MutationGuard
+from fpgalab.service.head import HeadAsGet
+from fpgalab.service.routes import audit, boards, health, jobs, sessions
+from fpgalab.service.settings import Settings
+from fpgalab.service.store import Store
 
 log = logging.getLogger("fpgalab.api")
 

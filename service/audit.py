@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import OutOfMemoryError
 
-from service import keys
+from fpgalab.service import keys
 
 #: Entries read per round trip while filtering (newest first).
 _BATCH = 500

@@ -21,7 +21,7 @@ from pathlib import Path
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
-from service.settings import Settings
+from fpgalab.service.settings import Settings
 
 ANONYMOUS = "anonymous"
 

@@ -16,9 +16,9 @@ import re
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import DesignTooLarge, LabError, RequestTooLarge
-from service.handlers import CarriedLabError, error_response
-from service.settings import Settings
+from fpgalab.service.errors import DesignTooLarge, LabError, RequestTooLarge
+from fpgalab.service.handlers import CarriedLabError, error_response
+from fpgalab.service.settings import Settings
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

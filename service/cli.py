@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from service.datadir import private_dir
-from service.procs import child_dies_with_parent
-from service.settings import Settings
-from service.states import NUM_BOARDS
+from fpgalab.service.datadir import private_dir
+from fpgalab.service.procs import child_dies_with_parent
+from fpgalab.service.settings import Settings
+from fpgalab.service.states import NUM_BOARDS
 
 if TYPE_CHECKING:
-    from service.store import Store
+    from fpgalab.service.store import Store
 
 log = logging.getLogger("fpgalab")
 
@@ -106,7 +106,7 @@ def _boards(args: argparse.Namespace, settings: Settings) -> list[int]:
     if args.boards is not None:
         return list(args.boards)
     if settings.lab_file is not None:
-        from hil.lab import LabFileError, load_lab
+        from fpgalab.hil.lab.labfile import LabFileError, load_lab
 
         try:
             return load_lab(settings.lab_file).board_ids
@@ -119,10 +119,10 @@ def _boards(args: argparse.Namespace, settings: Settings) -> list[int]:
 def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from backends import UnknownBackend, get_backend
-    from backends.base import BackendUnavailable
-    from service.store import Store
-    from service.worker import BLOCK_MS, BoardTaken, Worker
+    from fpgalab.backends import UnknownBackend, get_backend
+    from fpgalab.backends.base import BackendUnavailable
+    from fpgalab.service.store import Store
+    from fpgalab.service.worker import BLOCK_MS, BoardTaken, Worker
 
     settings = _settings(args)
     if settings.api_keys.strip():
@@ -224,8 +224,8 @@ def _uvicorn(settings: Settings, announce: Sequence[int] = ()) -> int:
     when those boards are ready."""
     import uvicorn
 
-    from service import server
-    from service.app import create_app
+    from fpgalab.service import server
+    from fpgalab.service.app import create_app
 
     app = create_app(settings)
 
@@ -264,8 +264,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backends import UnknownBackend, check_backend
-    from service.redisproc import PrivateRedis, RedisStartError
+    from fpgalab.backends import UnknownBackend, check_backend
+    from fpgalab.service.redisproc import PrivateRedis, RedisStartError
 
     settings = _settings(args)
     try:
@@ -288,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     boards = ",".join(map(str, served))
     lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
     worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--boards", boards,
+        [sys.executable, "-m", "fpgalab.service.cli", "worker", "--boards", boards,
          "--backend", settings.backend, *lab],
         env=worker_env(settings.redis_url), preexec_fn=child_dies_with_parent,
     )  # fmt: skip
@@ -318,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_twin(args: argparse.Namespace) -> int:
     """Run twins until SIGTERM/SIGINT; their lab file is written once they listen."""
-    from sim.twin import TwinLab
+    from fpgalab.sim.twins.twin import TwinLab
 
     data_dir = private_dir(args.data_dir or Settings().data_dir)
     lab = TwinLab(args.boards, data_dir)

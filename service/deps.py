@@ -10,11 +10,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import APIKeyHeader
 
-from service.auth import Caller, KeyRing
-from service.errors import Forbidden, InvalidApiKey
-from service.settings import Settings
-from service.states import NUM_BOARDS
-from service.store import Actor, Store
+from fpgalab.service.auth import Caller, KeyRing
+from fpgalab.service.errors import Forbidden, InvalidApiKey
+from fpgalab.service.settings import Settings
+from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.store import Actor, Store
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Names the caller.")
 

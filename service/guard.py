@@ -36,13 +36,13 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.audit import AuditRecord
-from service.auth import Caller, KeyRing, client_address, limit_address
-from service.bodylimit import MUTATING
-from service.errors import TooManyRequests
-from service.handlers import error_response, redis_failure
-from service.settings import proxy_networks
-from service.store import Store
+from fpgalab.service.audit import AuditRecord
+from fpgalab.service.auth import Caller, KeyRing, client_address, limit_address
+from fpgalab.service.bodylimit import MUTATING
+from fpgalab.service.errors import TooManyRequests
+from fpgalab.service.handlers import error_response, redis_failure
+from fpgalab.service.settings import proxy_networks
+from fpgalab.service.store import Store
 
 log = logging.getLogger("fpgalab.api")
 

@@ -17,8 +17,8 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ALL_ERRORS, LabError
-from service.models import ErrorResponse
+from fpgalab.service.errors import ALL_ERRORS, LabError
+from fpgalab.service.models import ErrorResponse
 
 log = logging.getLogger("fpgalab.api")
 

@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.errors import ValidationFailed
-from service.handlers import CarriedLabError
+from fpgalab.service.errors import ValidationFailed
+from fpgalab.service.handlers import CarriedLabError
 
 #: Longest part of a key quoted back in a message.
 _QUOTED = 64

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from service.settings import MAX_TRANSFER_WORDS
-from service.states import BoardState, Health, JobStatus, JobType
+from fpgalab.service.settings import MAX_TRANSFER_WORDS
+from fpgalab.service.states import BoardState, Health, JobStatus, JobType
 
 Word = Annotated[int, Field(ge=0, lt=2**32)]
 

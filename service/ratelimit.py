@@ -21,10 +21,10 @@ cannot flood the audit trail and push its records out.
 
 from __future__ import annotations
 
-from service import keys
-from service.audit import AuditRecord
-from service.scripts import Scripts
-from service.settings import Settings
+from fpgalab.service import keys
+from fpgalab.service.audit import AuditRecord
+from fpgalab.service.lua import Scripts
+from fpgalab.service.settings import Settings
 
 #: The keys every call of the script takes, before the bucket's own.
 _KEYS = (keys.AUDIT, keys.UNKNOWN_REFUSED, keys.UNKNOWN_DUE)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from service.datadir import private_dir
-from service.procs import child_dies_with_parent
+from fpgalab.service.datadir import private_dir
+from fpgalab.service.procs import child_dies_with_parent
 
 #: The longest path a unix socket may have (``sun_path``, less its NUL).
 _MAX_SOCKET_PATH = 107

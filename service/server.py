@@ -32,9 +32,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.errors import BadRequest, LabError, RequestHeadTooLarge, RequestTimeout
-from service.handlers import error_body
-from service.settings import Settings
+from fpgalab.service.errors import BadRequest, LabError, RequestHeadTooLarge, RequestTimeout
+from fpgalab.service.handlers import error_body
+from fpgalab.service.settings import Settings
 
 #: What the request line adds to its headers' bytes (spaces, ``HTTP/1.1``, CRLFs).
 _LINE = len(b"  HTTP/1.1\r\n\r\n")

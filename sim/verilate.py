@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sim.sandbox import apply_limits
+from fpgalab.hil.build.sandbox import apply_limits
 
 #: LiteX's Verilog draws ~150 lint warnings (COMBDLY, WIDTH*) that say nothing to a
 #: user: silence them in the SoC's file only, so the user's own Verilog keeps its.

@@ -9,20 +9,23 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import redis
 
-from service.settings import Settings
-from service.states import BOARD_IDS
-from service.store import Store
-from service.worker import BLOCK_MS, Worker
+from fpgalab.service.settings import Settings
+from fpgalab.service.states import BOARD_IDS
+from fpgalab.service.store import Store
+from fpgalab.service.worker import BLOCK_MS, Worker
 from tests.fakes import FakeBackend
-from tests.helpers import RedisServer, serve, wait_for
+from tests.helpers import REPO, RedisServer, serve, wait_for
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+EXAMPLES = REPO / "docs" / "examples"
+
+if TYPE_CHECKING:
+    from fpgalab.backends.sim import SimBackend
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,7 +60,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's build cache; ``FPGALAB_TEST_SIM_CACHE`` keeps one across runs.
     Shared by xdist workers, whose builds of the same design wait on each other's lock."""
-    from sim.toolchain import ToolchainMissing, find
+    from fpgalab.sim.toolchain import ToolchainMissing, find
 
     try:
         find()
@@ -71,6 +74,16 @@ def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the run's folder, shared by all workers
     return base / "sim-cache"
+
+
+@pytest.fixture
+def sim(sim_cache: Path, tmp_path: Path) -> Iterator[SimBackend]:
+    """A simulated lab on the session's build cache; its simulators stop at teardown."""
+    from fpgalab.backends.sim import SimBackend
+
+    backend = SimBackend(sim_cache, run_dir=tmp_path / "boards")
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="session")

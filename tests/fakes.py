@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends import (
+from fpgalab.backends import (
     BackendUnavailable,
     BoardError,
     Build,

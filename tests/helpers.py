@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
-from service.store import Store
+from fpgalab.service.app import create_app
+from fpgalab.service.settings import Settings
+from fpgalab.service.store import Store
 
 FINISHED = {"complete", "failed", "cancelled"}
 
@@ -239,7 +239,7 @@ class CliProcess:
     def start(self) -> CliProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *self.args],
+                [sys.executable, "-m", "fpgalab.service.cli", *self.args],
                 cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         return self

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.deps import AdminDep, StoreDep
-from service.handlers import responses
-from service.models import AuditEntry, audit_entry
-from service.states import NUM_BOARDS
+from fpgalab.service.deps import AdminDep, StoreDep
+from fpgalab.service.handlers import responses
+from fpgalab.service.models import AuditEntry, audit_entry
+from fpgalab.service.states import NUM_BOARDS
 
 router = APIRouter(tags=["audit"])
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Response, UploadFile
 
-from hil.designfile import FILENAME_RULE, filename_problem
-from service.deps import (
+from fpgalab.hil.gateware.designfile import FILENAME_RULE, filename_problem
+from fpgalab.service.deps import (
     ActorDep,
     AdminDep,
     CallerDep,
@@ -18,10 +18,16 @@ from service.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.errors import DesignRejected, DesignTooLarge, Forbidden, NotFound, ValidationFailed
-from service.handlers import MUTATION_ERRORS, responses
-from service.jsonbody import StrictJSONRoute
-from service.models import (
+from fpgalab.service.errors import (
+    DesignRejected,
+    DesignTooLarge,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
+from fpgalab.service.handlers import MUTATION_ERRORS, responses
+from fpgalab.service.jsonbody import StrictJSONRoute
+from fpgalab.service.models import (
     FPGASummary,
     JobAccepted,
     MaintenanceRequest,

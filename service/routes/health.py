@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import NoPermissionError, RedisError
 
-from service.deps import SettingsDep, StoreDep
-from service.models import BoardCounts, HealthResponse, RedisMemory
-from service.states import NUM_BOARDS
+from fpgalab.service.deps import SettingsDep, StoreDep
+from fpgalab.service.models import BoardCounts, HealthResponse, RedisMemory
+from fpgalab.service.states import NUM_BOARDS
 
 router = APIRouter(tags=["health"])
 

@@ -7,12 +7,12 @@ import json
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from service.deps import ActorDep, CallerDep, FpgaId, JobId, StoreDep
-from service.errors import Conflict, Forbidden, NotFound
-from service.handlers import MUTATION_ERRORS, responses
-from service.models import JobResponse, RunResult, job_response
-from service.states import JobStatus
-from service.store import Actor, Store
+from fpgalab.service.deps import ActorDep, CallerDep, FpgaId, JobId, StoreDep
+from fpgalab.service.errors import Conflict, Forbidden, NotFound
+from fpgalab.service.handlers import MUTATION_ERRORS, responses
+from fpgalab.service.models import JobResponse, RunResult, job_response
+from fpgalab.service.states import JobStatus
+from fpgalab.service.store import Actor, Store
 
 router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
 

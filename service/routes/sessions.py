@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from service.deps import ActorDep, CallerDep, FpgaId, SettingsDep, StoreDep
-from service.errors import NotFound
-from service.handlers import MUTATION_ERRORS, responses
-from service.jsonbody import StrictJSONRoute
-from service.models import JobAccepted, RenewRequest, SessionResponse, session_info
+from fpgalab.service.deps import ActorDep, CallerDep, FpgaId, SettingsDep, StoreDep
+from fpgalab.service.errors import NotFound
+from fpgalab.service.handlers import MUTATION_ERRORS, responses
+from fpgalab.service.jsonbody import StrictJSONRoute
+from fpgalab.service.models import JobAccepted, RenewRequest, SessionResponse, session_info
 
 router = APIRouter(prefix="/fpga/{fpga_id}/session", tags=["sessions"], route_class=StrictJSONRoute)
 

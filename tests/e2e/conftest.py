@@ -1,7 +1,7 @@
 """The lab the end-to-end suite drives, chosen on the command line:
 
 - ``--backend sim`` (default): the simulated lab (``SimBackend``);
-- ``--backend hardware``: the hardware backend against twins (``sim.twin``): real
+- ``--backend hardware``: the hardware backend against twins (``sim.twins.twin``): real
   bitstreams from the open toolchain, programmed with the real openFPGALoader over
   XVC, every transaction through UARTBone framing over TCP;
 - ``--lab FILE``: the hardware backend against the real boards of a lab file.
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.base import Backend
+from fpgalab.backends.base import Backend
 from tests.helpers import board, wait_for
 
 StartLab = Callable[[Sequence[int]], Awaitable[httpx.AsyncClient]]
@@ -117,7 +117,7 @@ class LabUnderTest:
 
 
 def _sim_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabUnderTest]:
-    from backends.sim import SimBackend
+    from fpgalab.backends.sim import SimBackend
 
     cache = request.getfixturevalue("sim_cache")
     sim = SimBackend(cache, run_dir=tmp_path / "boards")
@@ -145,8 +145,8 @@ def _sim_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabUnde
 
 
 def _twin_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabUnderTest]:
-    from backends.hardware import HardwareBackend
-    from sim.twin import TwinLab
+    from fpgalab.backends.hardware import HardwareBackend
+    from fpgalab.sim.twins.twin import TwinLab
 
     cache = request.getfixturevalue("hw_cache")
     twins = TwinLab(list(range(10)), cache, run_dir=tmp_path / "twins")
@@ -185,7 +185,7 @@ def _hardware(hw: Any, twins: Any = None) -> LabUnderTest:
 
 
 def _real_lab(path: str, tmp_path: Path) -> Iterator[LabUnderTest]:
-    from backends.hardware import HardwareBackend
+    from fpgalab.backends.hardware import HardwareBackend
 
     hw = HardwareBackend(path, data_dir=Path(os.environ.get("FPGALAB_DATA_DIR", tmp_path)))
     try:

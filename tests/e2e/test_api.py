@@ -22,14 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.base import Op, Transaction
-from sim.board import exited
+from fpgalab.backends.base import Op, Transaction
+from fpgalab.sim.board import exited
 from tests.e2e.conftest import LabUnderTest, StartLab
-from tests.helpers import assert_error, board, submit, wait_for, wait_job, wait_state
+from tests.helpers import REPO, assert_error, board, submit, wait_for, wait_job, wait_state
 
 pytestmark = pytest.mark.sim
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = REPO / "docs"
 
 CSR = 0x0000_0000
 SCRATCH = 0x0000_0004

@@ -2,7 +2,7 @@
 says what it tried, while another board goes on serving its user.
 
 The sandbox itself (every escape, every limit) is tested at the backend in
-tests/sim/test_hostile.py; this is what a user of the lab sees of it.
+tests/hil/build/test_hostile.py; this is what a user of the lab sees of it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A board changes hands clean: what one tenant wrote is gone for the next.
 
 Release, expiry and reset all end in the same reset job (the reason differs); the
-expiry path itself is tested at the service level in tests/test_sessions.py. Here the
+expiry path itself is tested at the service level in tests/service/test_sessions.py. Here the
 board is real or as good as (a simulator, or a twin reflashed over XVC), and the
 second tenant reads the SRAM and the user slot that the first one filled.
 """
@@ -13,7 +13,7 @@ import random
 import httpx
 import pytest
 
-from service.settings import Settings
+from fpgalab.service.settings import Settings
 from tests.e2e.conftest import StartLab
 from tests.e2e.test_api import SRAM, USER, Read, read, reserve_design, reset, write
 from tests.helpers import assert_error

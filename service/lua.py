@@ -1,0 +1,82 @@
+"""The Lua scripts that change lab state atomically on the Redis server.
+
+Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
+transition table and the number of boards from ``service.states`` substituted in) and
+registered once;
+redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from fpgalab.service.errors import lab_error
+from fpgalab.service.states import NUM_BOARDS, transitions_json
+
+#: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
+RAW_REPLIES = frozenset({"claim", "boards", "ratelimit"})
+#: Scripts that touch only the keys they are given: no prelude needed.
+STANDALONE = frozenset({"claim", "ratelimit"})
+
+NAMES = (
+    "submit",
+    "run",
+    "reset",
+    "cancel",
+    "take",
+    "finish",
+    "lost",
+    "renew",
+    "health",
+    "claim",
+    "boards",
+    "ratelimit",
+    "append",
+)
+
+
+@cache
+def source(name: str) -> str:
+    folder = Path(__file__).parent / "scripts"
+    body = (folder / f"{name}.lua").read_text()
+    if name in STANDALONE:
+        return body
+    lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
+    lib = lib.replace("@NUM_BOARDS@", str(NUM_BOARDS))
+    return lib + "\n" + body
+
+
+class Scripts:
+    """The registered scripts of one Redis client, called by name."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source(name)) for name in NAMES
+        }
+
+    async def call(self, name: str, *args: Any, keys: tuple[str, ...] = ()) -> Any:
+        """Run script ``name``; its ``{"err": code}`` reply raises that LabError (with a
+        ``Retry-After`` if the reply has a ``retry_after``)."""
+        raw = await self._scripts[name](keys=list(keys), args=[_arg(a) for a in args])
+        if name in RAW_REPLIES:
+            return raw
+        reply = json.loads(raw)
+        if "err" in reply:
+            raise lab_error(reply["err"], reply["message"], reply.get("retry_after"))
+        return reply["ok"]
+
+
+def _arg(value: Any) -> str | int | float:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (str, int, float)):
+        return value
+    return str(value)
