@@ -11,6 +11,9 @@ import importlib.util
 from typing import Any
 
 from fpgalab.backends.base import (
+    DEFAULT_BUILD_TIMEOUT,
+    FILENAME_RULE,
+    NUM_BOARDS,
     Backend,
     BackendError,
     BackendUnavailable,
@@ -23,9 +26,15 @@ from fpgalab.backends.base import (
     Op,
     Transaction,
     TransactResult,
+    filename_problem,
+    lab_data_dir,
+    span_problem,
 )
 
 __all__ = [
+    "DEFAULT_BUILD_TIMEOUT",
+    "FILENAME_RULE",
+    "NUM_BOARDS",
     "REGISTRY",
     "Backend",
     "BackendError",
@@ -41,7 +50,10 @@ __all__ = [
     "Transaction",
     "UnknownBackend",
     "check_backend",
+    "filename_problem",
     "get_backend",
+    "lab_data_dir",
+    "span_problem",
 ]
 
 #: Backend name -> "module:Class".

@@ -15,18 +15,32 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT as DEFAULT_BUILD_TIMEOUT
+from fpgalab.hil.gateware.bus import Op, span_problem
+from fpgalab.hil.gateware.designfile import FILENAME_RULE, filename_problem, language_of
+from fpgalab.hil.lab.labfile import NUM_BOARDS
+
+__all__ = [
+    "DEFAULT_BUILD_TIMEOUT", "FILENAME_RULE", "NUM_BOARDS", "Backend", "BackendError",
+    "BackendUnavailable", "BoardError", "Build", "Design", "DesignError", "HealthReport",
+    "LogFn", "Op", "TransactResult", "Transaction", "default_data_dir", "filename_problem",
+    "lab_data_dir", "span_problem",
+]  # fmt: skip
+
+
+def lab_data_dir() -> Path:
+    """The lab's data folder when none is configured (``FPGALAB_DATA_DIR`` is read by the
+    service's settings, which pass it down): ``$XDG_DATA_HOME/fpgalab`` (~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fpgalab"
+
 
 def default_data_dir(backend: str) -> Path:
-    """Where a backend keeps its builds when not told: ``$FPGALAB_DATA_DIR/<backend>``,
-    else ``$XDG_DATA_HOME/fpgalab/<backend>`` (~/.local/share)."""
-    if configured := os.environ.get("FPGALAB_DATA_DIR"):
-        return Path(configured) / backend
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fpgalab" / backend
+    """Where a backend keeps its builds when not told: its folder in ``lab_data_dir()``."""
+    return lab_data_dir() / backend
 
 
 #: Receives one line of build/program/reset output as it happens.
@@ -56,7 +70,7 @@ class Design:
 
     @property
     def language(self) -> str:
-        return "python" if self.filename.lower().endswith(".py") else "verilog"
+        return language_of(self.filename)
 
     @property
     def sha256(self) -> str:
@@ -70,11 +84,6 @@ class Build:
     key: str
     cached: bool = False
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class Op(IntEnum):
-    WRITE = 1
-    READ = 2
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,8 @@ class Transaction:
 
     def span_error(self) -> str | None:
         """Why the bus cannot take this transaction at all (None: it can)."""
-        count = self.words
-        if self.address % 4 or self.address < 0 or self.address + 4 * count > 1 << 32:
-            return f"bad address {self.address:#x} for {count} words"
-        return None
+        problem = span_problem(self.address, self.words)
+        return f"bad address: {problem}" if problem else None
 
 
 @dataclass(frozen=True)

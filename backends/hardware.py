@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -46,7 +45,15 @@ from fpgalab.backends.base import (
 from fpgalab.hil.build.ecp5 import Bitstream, BitstreamBuilder
 from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
 from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
-from fpgalab.hil.gateware.config import BUS_ERRORS, HW_CONFIG, IDENT_PREFIX, IDENTIFIER, SCRATCH
+from fpgalab.hil.build.sandbox import NOBODY, Sandbox
+from fpgalab.hil.gateware.bus import (
+    IDENT_WORDS,
+    decode_ident,
+    ident_problem,
+    scratch_pattern,
+    scratch_problem,
+)
+from fpgalab.hil.gateware.config import BUS_ERRORS, HW_CONFIG, IDENTIFIER, SCRATCH
 from fpgalab.hil.lab.bridge import Bridge, BridgeError, Read, Write
 from fpgalab.hil.lab.etherbone import Etherbone
 from fpgalab.hil.lab.labfile import BoardSpec, EtherboneBridge, Lab, LabFileError, load_lab
@@ -55,7 +62,6 @@ from fpgalab.hil.lab.uartbone import UARTBone
 
 #: Seconds a board may take after a load until its identifier reads back right.
 CONFIRM_TIMEOUT = 10.0
-IDENT_WORDS = 64
 #: Words in one UARTBone write frame (its length field is a byte).
 FRAME_WORDS = 255
 #: What a bus timeout answers to a UARTBone read.
@@ -97,15 +103,6 @@ def _with_error_counts(txn: Transaction) -> list[Read | Write]:
     return ops
 
 
-def decode_ident(words: list[int]) -> str:
-    chars = bytearray()
-    for word in words:
-        if word & 0xFF == 0:
-            break
-        chars.append(word & 0xFF)
-    return chars.decode("ascii", "replace")
-
-
 @dataclass
 class _Board:
     spec: BoardSpec
@@ -130,9 +127,12 @@ class HardwareBackend:
         build_timeout: float | None = None,
         lab: Lab | None = None,
         build_slots: int | None = None,
+        sandbox: str = "bwrap",
+        sandbox_uid: int = NOBODY,
     ) -> None:
+        """``lab_file`` (or ``lab``, already read) names the boards; the rest is what every
+        backend is made with (``fpgalab.service.cli.backend_options``)."""
         if lab is None:
-            lab_file = lab_file or os.environ.get("FPGALAB_LAB_FILE")
             if not lab_file:
                 raise BackendUnavailable(
                     "the hardware backend needs a lab file: --lab FILE or FPGALAB_LAB_FILE"
@@ -148,7 +148,7 @@ class HardwareBackend:
             self.builder = BitstreamBuilder(
                 self.data_dir, platform=lab.platform, device=lab.device, config=config,
                 timeout=build_timeout if build_timeout is not None else DEFAULT_TIMEOUT,
-                slots=build_slots or None,
+                slots=build_slots or None, sandbox=Sandbox(sandbox, sandbox_uid),
             )  # fmt: skip
         except (ValueError, ToolchainError) as exc:
             raise BackendUnavailable(f"{lab.source}: {exc}") from exc
@@ -306,16 +306,15 @@ class HardwareBackend:
         """'' if the board runs ``base`` and its scratch register works; else why not."""
         try:
             ident = self._identifier(slot)
-            if ident != base.ident:
-                what = "an unknown SoC" if not ident.startswith(IDENT_PREFIX) else "another SoC"
-                return f"runs {what} ({ident!r}), not the base SoC"
+            if problem := ident_problem(ident, base.ident):
+                return problem
             before = slot.bridge.read(SCRATCH, 1)[0]
-            pattern = 0xA5A5_5A5A ^ before
+            pattern = scratch_pattern(before)
             after = slot.bridge.run(
                 [Write(SCRATCH, (pattern,)), Read(SCRATCH, 1), Write(SCRATCH, (before,))]
             )[0]
-            if after != [pattern]:
-                return f"scratch read back {after} after writing {pattern:#x}"
+            if problem := scratch_problem(pattern, after):
+                return problem
             slot.bus_errors = slot.bridge.read(BUS_ERRORS, 1)[0]
         except BridgeError as exc:
             slot.current = None

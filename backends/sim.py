@@ -32,10 +32,17 @@ from fpgalab.backends.base import (
 )
 from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
 from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
-from fpgalab.hil.gateware.config import IDENT_PREFIX, IDENTIFIER, SCRATCH
+from fpgalab.hil.build.sandbox import NOBODY, Sandbox
+from fpgalab.hil.gateware.bus import (
+    IDENT_WORDS,
+    decode_ident,
+    ident_problem,
+    scratch_pattern,
+    scratch_problem,
+)
+from fpgalab.hil.gateware.config import IDENTIFIER, SCRATCH
 from fpgalab.sim.board import BoardFailure, SimBoard, to_bytes
-from fpgalab.sim.protocol import Op as WireOp
-from fpgalab.sim.protocol import Status
+from fpgalab.sim.protocol import Command, Status
 from fpgalab.sim.toolchain import ToolchainMissing, find
 from fpgalab.sim.verilator import Builder, Model
 
@@ -65,15 +72,20 @@ class SimBackend:
         build_timeout: float | None = None,
         run_dir: Path | str | None = None,
         build_slots: int | None = None,
+        sandbox: str = "bwrap",
+        sandbox_uid: int = NOBODY,
     ) -> None:
         """``data_dir`` holds the build cache (shareable between processes);
         ``run_dir`` the folders of unsandboxed boards (default ``data_dir/boards``);
-        ``build_slots``: builds at once on this host (None or 0: as many as fit)."""
+        ``build_slots``: builds at once on this host (None or 0: as many as fit);
+        ``sandbox``, ``sandbox_uid``: how builds and simulators are confined."""
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir("sim")
         self.run_dir = Path(run_dir) if run_dir is not None else self.data_dir / "boards"
         if build_timeout is None:
             build_timeout = DEFAULT_TIMEOUT
-        self.builder = Builder(self.data_dir, timeout=build_timeout, slots=build_slots or None)
+        self.sandbox = Sandbox(sandbox, sandbox_uid)
+        self.builder = Builder(self.data_dir, timeout=build_timeout, slots=build_slots or None,
+                               sandbox=self.sandbox)  # fmt: skip
         self._boards: dict[int, SimBoard] = {}
         self._locks: dict[int, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -90,7 +102,8 @@ class SimBackend:
                     tools = find()
                 except ToolchainMissing as exc:
                     raise BackendUnavailable(f"simulation toolchain unavailable: {exc}") from exc
-                self._boards[board] = SimBoard(board, self.run_dir / str(board), tools)
+                self._boards[board] = SimBoard(board, self.run_dir / str(board), tools,
+                                               self.sandbox)  # fmt: skip
                 self._locks[board] = threading.RLock()
             return self._boards[board], self._locks[board]
 
@@ -99,23 +112,18 @@ class SimBackend:
             log(f"sim: starting board {sim.index}'s simulator ({model.ident})")
         sim.start(model)
         ident = self._identifier(sim)
-        if not ident.startswith(IDENT_PREFIX):
+        if problem := ident_problem(ident):
             sim.stop()
-            raise BoardFailure(f"board {sim.index}: came up with identifier {ident!r}")
+            raise BoardFailure(f"board {sim.index}: came up but {problem}")
         if log:
             log(f"sim: board {sim.index} up (pid {sim.pid}); identifier {ident!r}")
 
     @staticmethod
     def _identifier(sim: SimBoard) -> str:
-        reply = sim.request(WireOp.READ, IDENTIFIER, 64)
+        reply = sim.request(Command.READ, IDENTIFIER, IDENT_WORDS)
         if reply.status is not Status.OK:
             raise BoardFailure(f"board {sim.index}: identifier unreadable ({reply.status.name})")
-        chars = bytearray()
-        for word in reply.data:
-            if word & 0xFF == 0:
-                break
-            chars.append(word & 0xFF)
-        return chars.decode("ascii", "replace")
+        return decode_ident(reply.data)
 
     # The protocol -------------------------------------------------------------------------------
 
@@ -139,9 +147,9 @@ class SimBackend:
             return TransactResult(ok=False, error=refused)
         count = txn.words
         if txn.op is Op.WRITE:
-            payload, op = to_bytes(txn.data), WireOp.WRITE
+            payload, op = to_bytes(txn.data), Command.WRITE
         else:
-            payload, op = b"", WireOp.READ
+            payload, op = b"", Command.READ
         with lock, _translated():
             if sim.model is None and not sim.alive():
                 raise BoardFailure(f"board {board}: no simulator is running (reset the board)")
@@ -180,8 +188,8 @@ class SimBackend:
                 raise
             except BackendError as exc:
                 return HealthReport(ok=False, detail=str(exc).splitlines()[0])
-        if not ident.startswith(IDENT_PREFIX):
-            return HealthReport(ok=False, detail=f"unexpected identifier {ident!r}")
+        if problem := ident_problem(ident):
+            return HealthReport(ok=False, detail=problem)
         if scratch:
             return HealthReport(ok=False, detail=scratch)
         return HealthReport(ok=True, detail=f"{ident}; scratch ok")
@@ -189,16 +197,14 @@ class SimBackend:
     @staticmethod
     def _scratch_check(sim: SimBoard) -> str:
         """Write a pattern to ctrl's scratch, read it back, restore it; '' if all is well."""
-        before = sim.request(WireOp.READ, SCRATCH, 1)
+        before = sim.request(Command.READ, SCRATCH, 1)
         if before.status is not Status.OK:
             return f"scratch unreadable ({before.status.name})"
-        pattern = 0xA5A5_5A5A ^ before.data[0]
-        sim.request(WireOp.WRITE, SCRATCH, 1, to_bytes([pattern]))
-        after = sim.request(WireOp.READ, SCRATCH, 1)
-        sim.request(WireOp.WRITE, SCRATCH, 1, to_bytes(before.data))
-        if after.data != [pattern]:
-            return f"scratch read back {after.data} after writing {pattern:#x}"
-        return ""
+        pattern = scratch_pattern(before.data[0])
+        sim.request(Command.WRITE, SCRATCH, 1, to_bytes([pattern]))
+        after = sim.request(Command.READ, SCRATCH, 1)
+        sim.request(Command.WRITE, SCRATCH, 1, to_bytes(before.data))
+        return scratch_problem(pattern, after.data)
 
     def memory_map(self, board: int) -> dict[str, Any] | None:
         sim, lock = self._board(board)

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,6 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from fpgalab.backends.sim import SimBackend  # noqa: E402
 from fpgalab.hil import procs  # noqa: E402
-from fpgalab.hil.build import sandbox  # noqa: E402
 from fpgalab.hil.build.sandbox import Confinement, Sandbox  # noqa: E402
 from fpgalab.sim.verilator import Builder  # noqa: E402
 
@@ -108,12 +106,12 @@ def main() -> int:
 
         # A reset: the board's simulator stopped and started anew with the base SoC, in a
         # fresh sandbox (its private folder, its cgroup) or bare (a fresh folder of ours).
-        lab = SimBackend(root / "data", run_dir=root / "boards")
+        labs = {mode: SimBackend(root / "data", run_dir=root / f"boards-{mode}", sandbox=mode)
+                for mode in ("bwrap", "none")}  # fmt: skip
 
         def reset(mode: str) -> Callable[[], None]:
             def once() -> None:
-                os.environ[sandbox.MODE_VARIABLE] = mode  # read at each simulator start
-                lab.reset(0, quiet)
+                labs[mode].reset(0, quiet)
 
             return once
 
@@ -121,8 +119,8 @@ def main() -> int:
             reset("none")()
             side_by_side("reset: simulator restarted", args.resets, reset("bwrap"), reset("none"))
         finally:
-            lab.close()
-            os.environ.pop(sandbox.MODE_VARIABLE, None)
+            for lab in labs.values():
+                lab.close()
     return 0
 
 

@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fpgalab.backends.base import Design, Op, Transaction
+from fpgalab.backends.sim import SimBackend
+from fpgalab.hil import procs
+from fpgalab.sim.board import to_bytes
+from fpgalab.sim.protocol import (
+    Command,
+    Status,
+)
+from fpgalab.sim.toolchain import find
+from fpgalab.sim.verilator import TOP
+
 REPO = Path(__file__).resolve().parents[1]
-
-from fpgalab.backends.base import Design, Op, Transaction  # noqa: E402
-from fpgalab.backends.sim import SimBackend  # noqa: E402
-from fpgalab.hil import procs  # noqa: E402
-from fpgalab.sim.board import to_bytes  # noqa: E402
-from fpgalab.sim.protocol import Op as WireOp  # noqa: E402
-from fpgalab.sim.protocol import Status  # noqa: E402
-from fpgalab.sim.toolchain import find  # noqa: E402
-from fpgalab.sim.verilator import TOP  # noqa: E402
-
 EXAMPLES = REPO / "docs" / "examples"
 SRAM = 0x0100_0000
 SCRATCH = 0x4
@@ -94,13 +95,13 @@ def bench_bus(sim: SimBackend, board: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sim.reset(board, _quiet)
     raw = sim.board(board)
-    samples = [_timed(raw.request, WireOp.READ, SCRATCH, 1)[0] for _ in range(2000)]
+    samples = [_timed(raw.request, Command.READ, SCRATCH, 1)[0] for _ in range(2000)]
     out["raw_socket_read"] = _percentiles(samples)
     samples = [
         _timed(sim.transact, board, Transaction(Op.READ, SCRATCH, length=1))[0] for _ in range(2000)
     ]
     out["backend_transact_read"] = _percentiles(samples)
-    samples = [_timed(raw.request, WireOp.RAW_READ, SCRATCH, 1)[0] for _ in range(500)]
+    samples = [_timed(raw.request, Command.RAW_READ, SCRATCH, 1)[0] for _ in range(500)]
     out["raw_cocotb_per_clock_read"] = _percentiles(samples)
 
     words = tuple(random.getrandbits(32) for _ in range(65536))
@@ -111,10 +112,10 @@ def bench_bus(sim: SimBackend, board: int) -> dict[str, Any]:
     assert result.ok and tuple(result.data) == words, "bulk read-back mismatch"
     out["bulk_read_65536_words_per_s"] = round(65536 / took)
     n = 16384
-    took, reply = _timed(raw.request, WireOp.RAW_WRITE, SRAM, n, to_bytes(words[:n]))
+    took, reply = _timed(raw.request, Command.RAW_WRITE, SRAM, n, to_bytes(words[:n]))
     assert reply.status is Status.OK
     out["raw_cocotb_write_words_per_s"] = round(n / took)
-    took, reply = _timed(raw.request, WireOp.RAW_READ, SRAM, n)
+    took, reply = _timed(raw.request, Command.RAW_READ, SRAM, n)
     assert reply.status is Status.OK and tuple(reply.data) == words[:n]
     out["raw_cocotb_read_words_per_s"] = round(n / took)
     return out

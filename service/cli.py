@@ -94,7 +94,8 @@ def backend_options(settings: Settings) -> dict[str, object]:
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.backend)
     options: dict[str, object] = {
         "data_dir": settings.data_dir / folder, "build_timeout": settings.build_timeout,
-        "build_slots": settings.build_slots,
+        "build_slots": settings.build_slots, "sandbox": settings.sandbox,
+        "sandbox_uid": settings.sandbox_uid,
     }  # fmt: skip
     if settings.lab_file is not None:
         options["lab_file"] = settings.lab_file
@@ -320,8 +321,10 @@ def cmd_twin(args: argparse.Namespace) -> int:
     """Run twins until SIGTERM/SIGINT; their lab file is written once they listen."""
     from fpgalab.sim.twins.twin import TwinLab
 
-    data_dir = private_dir(args.data_dir or Settings().data_dir)
-    lab = TwinLab(args.boards, data_dir)
+    settings = Settings()
+    data_dir = private_dir(args.data_dir or settings.data_dir)
+    lab = TwinLab(args.boards, data_dir, sandbox=settings.sandbox,
+                  sandbox_uid=settings.sandbox_uid)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

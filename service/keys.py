@@ -32,6 +32,22 @@ from __future__ import annotations
 PREFIX = "fpgalab"
 GROUP = "workers"
 
+#: The keys of one board, job or caller, as templates: the Python below and the Lua
+#: scripts (``service.lua`` hands them this table, as it does the state table) make
+#: their keys from these, so the two can never disagree.
+TEMPLATES = {
+    "board": f"{PREFIX}:board:{{id}}",
+    "queue": f"{PREFIX}:board:{{id}}:queue",
+    "queued": f"{PREFIX}:board:{{id}}:queued",
+    "owner": f"{PREFIX}:board:{{id}}:owner",
+    "memory_map": f"{PREFIX}:board:{{id}}:memory-map",
+    "job": f"{PREFIX}:job:{{id}}",
+    "log": f"{PREFIX}:job:{{id}}:log",
+    "design": f"{PREFIX}:job:{{id}}:design",
+    "caller_queued": f"{PREFIX}:caller:{{id}}:queued",
+    "caller_stored": f"{PREFIX}:caller:{{id}}:stored",
+}
+#: Keys of the whole lab (the Lua scripts get these too).
 RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
@@ -40,36 +56,45 @@ UNKNOWN_REFUSED = f"{PREFIX}:unknown:refused"
 UNKNOWN_DUE = f"{PREFIX}:unknown:due"
 
 
+def lua_layout() -> dict[str, str]:
+    """What the Lua scripts' prelude receives: the templates and the lab-wide keys."""
+    return {**TEMPLATES, "running": RUNNING, "expiry": SESSION_EXPIRY, "events": EVENTS}
+
+
+def _key(kind: str, thing: object) -> str:
+    return TEMPLATES[kind].replace("{id}", str(thing))
+
+
 def board(fpga_id: int) -> str:
-    return f"{PREFIX}:board:{fpga_id}"
+    return _key("board", fpga_id)
 
 
 def queue(fpga_id: int) -> str:
-    return f"{PREFIX}:board:{fpga_id}:queue"
+    return _key("queue", fpga_id)
 
 
 def queued(fpga_id: int) -> str:
-    return f"{PREFIX}:board:{fpga_id}:queued"
+    return _key("queued", fpga_id)
 
 
 def owner(fpga_id: int) -> str:
-    return f"{PREFIX}:board:{fpga_id}:owner"
+    return _key("owner", fpga_id)
 
 
 def memory_map(fpga_id: int) -> str:
-    return f"{PREFIX}:board:{fpga_id}:memory-map"
+    return _key("memory_map", fpga_id)
 
 
 def job(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
+    return _key("job", job_id)
 
 
 def log(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:log"
+    return _key("log", job_id)
 
 
 def design(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:design"
+    return _key("design", job_id)
 
 
 def worker(worker_id: str) -> str:
@@ -81,7 +106,7 @@ def idempotency(caller: str, key: str) -> str:
 
 
 def caller_queued(name: str) -> str:
-    return f"{PREFIX}:caller:{name}:queued"
+    return _key("caller_queued", name)
 
 
 def build_callers(build_key: str) -> str:
@@ -89,7 +114,7 @@ def build_callers(build_key: str) -> str:
 
 
 def caller_stored(name: str) -> str:
-    return f"{PREFIX}:caller:{name}:stored"
+    return _key("caller_stored", name)
 
 
 def rate_limit(name: str) -> str:

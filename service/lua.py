@@ -1,8 +1,8 @@
 """The Lua scripts that change lab state atomically on the Redis server.
 
 Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
-transition table and the number of boards from ``service.states`` substituted in) and
-registered once;
+transition table and the number of boards from ``service.states``, and the key layout
+from ``service.keys``, substituted in) and registered once;
 redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from fpgalab.service import keys
 from fpgalab.service.errors import lab_error
 from fpgalab.service.states import NUM_BOARDS, transitions_json
 
@@ -49,6 +50,7 @@ def source(name: str) -> str:
         return body
     lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
     lib = lib.replace("@NUM_BOARDS@", str(NUM_BOARDS))
+    lib = lib.replace("@LAYOUT@", json.dumps(keys.lua_layout()))
     return lib + "\n" + body
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from fpgalab.backends import Op, span_problem
 from fpgalab.service.settings import MAX_TRANSFER_WORDS
 from fpgalab.service.states import BoardState, Health, JobStatus, JobType
 
@@ -82,11 +82,6 @@ class FPGASummary(BaseModel):
     updated_at: datetime | None = None
 
 
-class Op(IntEnum):
-    WRITE = 1
-    READ = 2
-
-
 def _json_integer(value: object) -> object:
     """An enum's value is taken as strictly as any integer: ``2``, never ``"2"``, ``2.0``
     or ``true`` (strict mode alone would want an ``Op`` instance, which JSON cannot hold)."""
@@ -126,8 +121,6 @@ class RunRequest(StrictBody):
 
     @model_validator(mode="after")
     def _check_shape(self) -> RunRequest:
-        if self.address % 4:
-            raise ValueError(f"address: {self.address:#x} is not word-aligned (a multiple of 4)")
         if self.op is Op.WRITE:
             if not self.data:
                 raise ValueError("data: a write (op 1) needs at least one word")
@@ -138,8 +131,8 @@ class RunRequest(StrictBody):
             if self.data is not None:
                 raise ValueError("data: a read (op 2) takes no data")
             words = self.length or 1
-        if self.address + 4 * words > 2**32:
-            raise ValueError("address: the transfer runs past the end of the 32-bit address space")
+        if problem := span_problem(self.address, words):
+            raise ValueError(f"address: {problem}")
         return self
 
     @property

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fpgalab.backends import DEFAULT_BUILD_TIMEOUT, lab_data_dir
 
 #: The most words one run job may carry: the ceiling the API's request schema publishes
 #: (``RunRequest``). ``max_transfer_words`` may lower it, never raise it.
@@ -23,11 +25,6 @@ def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
         raise ValueError(f"trusted_proxies: {exc}") from None
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fpgalab"
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FPGALAB_", extra="ignore")
 
@@ -37,7 +34,7 @@ class Settings(BaseSettings):
     #: user named in the URL), so that it is in no URL, environment or command line.
     redis_password_file: Path | None = None
     #: Where the private Redis and the backends keep their data; mode 0700.
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: Path = Field(default_factory=lab_data_dir)
 
     #: ``name=key[:admin]`` entries, comma-separated. Empty (and no file): open lab.
     #: Left out of the settings' repr, so that logging the settings never shows a key.
@@ -117,10 +114,15 @@ class Settings(BaseSettings):
     #: The lab file naming the boards of the ``hardware`` backend (docs/lab.md).
     lab_file: Path | None = None
     #: Wall-clock limit of one build (elaboration + compile), seconds.
-    build_timeout: float = Field(default=300.0, gt=0)
+    build_timeout: float = Field(default=DEFAULT_BUILD_TIMEOUT, gt=0)
     #: Builds at once on a lab host (its workers sharing a data folder); 0: as many as
     #: fit in three quarters of its memory, given each build step's memory bound.
     build_slots: int = Field(default=0, ge=0)
+    #: How builds and simulators are confined: ``bwrap`` (bubblewrap), or ``none`` only
+    #: where nobody untrusted submits designs (docs/operations.md, Sandbox).
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    #: The uid build steps and simulators run as when the worker runs as root (not 0).
+    sandbox_uid: int = Field(default=65534, gt=0)
     #: Seconds a worker's heartbeat lives; a worker silent this long is dead.
     worker_heartbeat_ttl: float = Field(default=15.0, gt=0)
     #: Seconds a stopping worker lets its running jobs finish before abandoning them.

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 
-#: Boards in the lab; ``fpga_id`` is ``0 .. NUM_BOARDS - 1``.
-NUM_BOARDS = 10
+from fpgalab.backends import NUM_BOARDS as NUM_BOARDS  # re-exported: the lab's vocabulary
+
+#: Boards in the lab; ``fpga_id`` is ``0 .. NUM_BOARDS - 1`` (the lab file's rule too).
 BOARD_IDS = range(NUM_BOARDS)
 
 

@@ -28,7 +28,7 @@ from fpgalab.hil.build.cgroups import Cgroups, Group, TreeLimits
 from fpgalab.hil.build.pipeline import CHILD_PACKAGES
 from fpgalab.hil.build.sandbox import Confinement, Sandbox, SandboxUnavailable
 from fpgalab.hil.procs import comm, descendants, exited
-from fpgalab.sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
+from fpgalab.sim.protocol import REPLY, REQUEST, Command, Status, is_write, recv_exactly
 from fpgalab.sim.toolchain import SIM, Toolchain
 from fpgalab.sim.verilator import Model
 
@@ -131,10 +131,15 @@ class SimBoard:
 
     harness = "fpgalab.sim.harness"
 
-    def __init__(self, index: int, run_dir: Path, tools: Toolchain) -> None:
+    def __init__(
+        self, index: int, run_dir: Path, tools: Toolchain, sandbox: Sandbox | None = None
+    ) -> None:
+        """``run_dir``: where an unsandboxed simulator gets its folders; ``sandbox``: the
+        lab's (default: bubblewrap as uid 65534)."""
         self.index = index
         self.run_dir = run_dir
         self.tools = tools
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
         self.model: Model | None = None
         self.depth = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -170,7 +175,7 @@ class SimBoard:
         """Replace whatever runs with ``model``; returns once it serves requests."""
         self.stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sandbox = Sandbox()
+        sandbox = self.sandbox
         self._sandboxed = sandbox.enabled
         # A design is code: Verilog's $system, $fopen, $readmemh run in the simulator. It
         # runs sandboxed, seeing its model and our harness, writing only its private
@@ -241,7 +246,7 @@ class SimBoard:
 
     def _goodbye(self, sock: socket.socket) -> None:
         """Ask the harness to end the simulation."""
-        sock.sendall(REQUEST.pack(Op.QUIT, 0, 0, 0, 0))
+        sock.sendall(REQUEST.pack(Command.QUIT, 0, 0, 0, 0))
 
     def stop(self) -> None:
         """Stop the simulator (politely first); forget the model."""
@@ -342,7 +347,7 @@ class SimBoard:
 
     # Requests -----------------------------------------------------------------------------------
 
-    def request(self, op: Op, address: int, count: int = 1, data: bytes = b"") -> Reply:
+    def request(self, op: Command, address: int, count: int = 1, data: bytes = b"") -> Reply:
         """Run one transfer; raises BoardFailure if the simulator dies or hangs."""
         sock = self._sock
         if sock is None or not self.alive():

@@ -22,9 +22,11 @@ from cocotb.clock import Clock
 from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, RisingEdge, ValueChange
 
-from fpgalab.sim.protocol import REPLY, REQUEST, Op, Status, is_write, recv_exactly
+from fpgalab.sim.protocol import REPLY, REQUEST, Command, Status, is_write, recv_exactly
 
 WORD_MASK = (1 << 30) - 1
+#: What the harness serves besides HELLO and QUIT.
+SERVED = (Command.WRITE, Command.READ, Command.RAW_WRITE, Command.RAW_READ)
 
 #: status, words done, byte address of the failed access, data read
 Result = tuple[int, int, int, bytes]
@@ -55,7 +57,7 @@ class Board:
         dut = self.dut
         depth = self.depth
         word = address >> 2
-        write = op == Op.WRITE
+        write = op == Command.WRITE
         dut.burst_we.value = int(write)
         data = bytearray()
         rdata = dut.burst_rdata._handle  # the binary string, without a LogicArray per burst
@@ -84,7 +86,7 @@ class Board:
     async def raw(self, op: int, address: int, count: int, payload: bytes) -> Result:
         dut = self.dut
         clk = dut.clk
-        write = op == Op.RAW_WRITE
+        write = op == Command.RAW_WRITE
         words = memoryview(payload).cast("I") if write else None
         data = bytearray()
         dut.wb_we.value = int(write)
@@ -122,7 +124,7 @@ async def serve(dut: Any) -> None:
 
     @resume
     async def handle(op: int, address: int, count: int, payload: bytes) -> Result:
-        if op in (Op.WRITE, Op.READ):
+        if op in (Command.WRITE, Command.READ):
             return await board.burst(op, address, count, payload)
         return await board.raw(op, address, count, payload)
 
@@ -140,10 +142,10 @@ async def serve(dut: Any) -> None:
                 if got is None:
                     return
                 payload = got
-            if op == Op.QUIT:
+            if op == Command.QUIT:
                 sock.sendall(REPLY.pack(Status.OK, 0, 0, 0, 0))
                 return
-            if op not in (Op.WRITE, Op.READ, Op.RAW_WRITE, Op.RAW_READ) or address % 4:
+            if op not in SERVED or address % 4:
                 sock.sendall(REPLY.pack(Status.BAD_REQUEST, 0, 0, 0, address))
                 continue
             status, done, failed_at, data = handle(op, address, count, payload)

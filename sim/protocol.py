@@ -12,17 +12,22 @@ import socket
 import struct
 from enum import IntEnum
 
+from fpgalab.hil.gateware.bus import Op
+
 #: op, pad, pad, byte address, word count
 REQUEST = struct.Struct("<BBHII")
 #: status, pad, pad, words done (HELLO: the burst depth), byte address of the failed word
 REPLY = struct.Struct("<BBHII")
 
 
-class Op(IntEnum):
+class Command(IntEnum):
+    """What a request asks the simulated board: the bus's two operations (their values
+    are ``Op``'s, the one definition), the same one clock at a time, and the wire's own."""
+
     HELLO = 0
     #: Through the burst master: bulk, no Python per clock.
-    WRITE = 1
-    READ = 2
+    WRITE = Op.WRITE.value
+    READ = Op.READ.value
     #: Through the ``wb_*`` port, one cocotb ``await`` per clock (a baseline, a cross-check).
     RAW_WRITE = 3
     RAW_READ = 4
@@ -38,8 +43,8 @@ class Status(IntEnum):
     BAD_REQUEST = 3
 
 
-def is_write(op: int) -> bool:
-    return op in (Op.WRITE, Op.RAW_WRITE)
+def is_write(command: int) -> bool:
+    return command in (Command.WRITE, Command.RAW_WRITE)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes | None:

@@ -220,7 +220,18 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return body["detail"]  # type: ignore[no-any-return]
 
 
+#: The repository (its docs and examples; the tests run from it).
 REPO = Path(__file__).resolve().parents[1]
+
+
+class Log(list[str]):
+    """A build or job log, as a backend's ``log`` callback fills it."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    def text(self) -> str:
+        return "\n".join(self)
 
 
 class CliProcess:

@@ -135,20 +135,19 @@ def _inside(path: Path, folders: Iterable[Path]) -> bool:
 class Sandbox:
     """Wraps a step's command in bubblewrap, or (mode ``none``) leaves it as it is."""
 
-    def __init__(self, mode: str | None = None, uid: int | None = None) -> None:
-        """``mode`` and ``uid`` default to ``FPGALAB_SANDBOX`` and ``FPGALAB_SANDBOX_UID``."""
-        mode = mode if mode is not None else os.environ.get(MODE_VARIABLE, "bwrap")
+    def __init__(self, mode: str = "bwrap", uid: int = NOBODY) -> None:
+        """``mode`` and ``uid``: the lab's ``FPGALAB_SANDBOX`` and ``FPGALAB_SANDBOX_UID``
+        (its settings, passed down)."""
         #: Why the settings are wrong, raised by ``check``: a lab with a bad setting
         #: starts, and fails each build saying so.
         self.problem: str | None = None
         if mode not in MODES:
             self.problem = f"{MODE_VARIABLE}={mode!r}: use {' or '.join(MODES)}"
         self.mode = mode
-        configured = str(uid) if uid is not None else os.environ.get(UID_VARIABLE, str(NOBODY))
-        self.uid = int(configured) if configured.isdigit() else 0
+        self.uid = uid
         if self.uid <= 0 and mode != "none":
             # RLIMIT_NPROC never applies to uid 0: the process cap would not hold.
-            self.problem = f"{UID_VARIABLE}={configured!r}: give a uid other than 0"
+            self.problem = f"{UID_VARIABLE}={uid!r}: give a uid other than 0"
         #: Run as root: drop to ``uid`` inside (see the module's docstring).
         self.as_root = os.geteuid() == 0
 

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fpgalab.hil.gateware.bus import span_problem
+
 __all__ = [
     "MAX_FRAME_WORDS",
     "Bridge",
@@ -37,7 +39,6 @@ __all__ = [
 #: Neither UARTBone (a 1-byte length) nor an Etherbone record (1-byte counts) moves more
 #: words than this at once.
 MAX_FRAME_WORDS = 255
-_ADDRESS_LIMIT = 1 << 32
 _WORD_LIMIT = 1 << 32
 
 
@@ -47,12 +48,8 @@ class BridgeError(Exception):
 
 
 def _check_span(address: int, count: int) -> None:
-    if address % 4:
-        raise ValueError(f"address 0x{address:x} is not 32-bit aligned")
-    if count < 0:
-        raise ValueError(f"cannot access {count} words")
-    if address < 0 or address + 4 * count > _ADDRESS_LIMIT:
-        raise ValueError(f"{words(count)} at 0x{address:x} leave the 32-bit address space")
+    if problem := span_problem(address, count):
+        raise ValueError(problem)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Response, UploadFile
 
-from fpgalab.hil.gateware.designfile import FILENAME_RULE, filename_problem
+from fpgalab.backends import FILENAME_RULE, filename_problem
 from fpgalab.service.deps import (
     ActorDep,
     AdminDep,

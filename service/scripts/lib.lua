@@ -1,23 +1,29 @@
--- Shared prelude, prepended to every script by service/scripts.py.
--- TRANSITIONS is substituted from service/states.py at load time.
-local P = 'fpgalab'
+-- Shared prelude, prepended to every script by service/lua.py.
+-- TRANSITIONS (service/states.py) and the key layout LAYOUT (service/keys.py) are
+-- substituted at load time: one truth, read here and in Python.
 local TRANSITIONS = cjson.decode('@TRANSITIONS@')
+local LAYOUT = cjson.decode('@LAYOUT@')
+
+local function key(kind, thing)
+  return (string.gsub(LAYOUT[kind], '{id}', function() return tostring(thing) end))
+end
 
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
-local function board_key(id) return P .. ':board:' .. id end
-local function queue_key(id) return P .. ':board:' .. id .. ':queue' end
-local function queued_key(id) return P .. ':board:' .. id .. ':queued' end
-local function job_key(id) return P .. ':job:' .. id end
-local function log_key(id) return P .. ':job:' .. id .. ':log' end
-local function design_key(id) return P .. ':job:' .. id .. ':design' end
-local function caller_queued_key(name) return P .. ':caller:' .. name .. ':queued' end
-local RUNNING = P .. ':jobs:running'
-local EXPIRY = P .. ':sessions:expiry'
-local EVENTS = P .. ':events'
+local function board_key(id) return key('board', id) end
+local function queue_key(id) return key('queue', id) end
+local function queued_key(id) return key('queued', id) end
+local function owner_key(id) return key('owner', id) end
+local function job_key(id) return key('job', id) end
+local function log_key(id) return key('log', id) end
+local function design_key(id) return key('design', id) end
+local function caller_queued_key(name) return key('caller_queued', name) end
+local RUNNING = LAYOUT.running
+local EXPIRY = LAYOUT.expiry
+local EVENTS = LAYOUT.events
 
 local function fail(code, message)
   return cjson.encode({err = code, message = message})
@@ -184,7 +190,7 @@ local NUM_BOARDS = @NUM_BOARDS@
 local BUDGET_SLOTS = 24
 local MIB = 1024 * 1024
 
-local function stored_key(name) return P .. ':caller:' .. name .. ':stored' end
+local function stored_key(name) return key('caller_stored', name) end
 
 local function size(n)
   if n >= MIB then return string.format('%.1f MiB', n / MIB) end

@@ -4,7 +4,7 @@
 local id, job_id, wid, entry, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease_ms = ARGV[6]
 local k = job_key(job_id)
-local lease = P .. ':board:' .. id .. ':owner'
+local lease = owner_key(id)
 local holder = redis.call('GET', lease)
 if holder == false then
   -- the lease lapsed while nobody else wanted the board (Redis was away): renew it

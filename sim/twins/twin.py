@@ -34,6 +34,7 @@ from pathlib import Path
 
 from fpgalab.hil.build.ecp5 import Bitstream, BitstreamBuilder
 from fpgalab.hil.build.errors import BuildError
+from fpgalab.hil.build.sandbox import NOBODY, Sandbox
 from fpgalab.hil.gateware.config import TWIN_CONFIG
 from fpgalab.sim.board import BoardFailure, SimBoard
 from fpgalab.sim.protocol import recv_exactly
@@ -97,7 +98,7 @@ class Twin:
         self.bitstreams = bitstreams
         self.models = models
         self.host = host
-        self.sim = TwinSimulator(index, run_dir, find())
+        self.sim = TwinSimulator(index, run_dir, find(), models.sandbox)
         #: Serialises (re)configuration against forwarding bytes to the simulator.
         self._lock = threading.Lock()
         self._listener = socket.create_server((host, uart_port))
@@ -299,13 +300,17 @@ class TwinLab:
         run_dir: Path | None = None,
         host: str = "127.0.0.1",
         uart_timeout: float = BRIDGE_TIMEOUT,
+        sandbox: str = "bwrap",
+        sandbox_uid: int = NOBODY,
     ) -> None:
         """``data_dir`` is the lab's: the hardware build cache is ``data_dir/hardware``;
-        the twins' models go in ``data_dir/twin``, their simulators run in ``run_dir``."""
+        the twins' models go in ``data_dir/twin``, their simulators run in ``run_dir``;
+        ``sandbox``, ``sandbox_uid``: how builds and simulators are confined."""
         self.data_dir = data_dir
         self.uart_timeout = uart_timeout
-        self.bitstreams = BitstreamBuilder(data_dir / "hardware")
-        self.models = Builder(data_dir / "twin", soc=TWIN_CONFIG)
+        jail = Sandbox(sandbox, sandbox_uid)
+        self.bitstreams = BitstreamBuilder(data_dir / "hardware", sandbox=jail)
+        self.models = Builder(data_dir / "twin", soc=TWIN_CONFIG, sandbox=jail)
         run_dir = run_dir or data_dir / "twin" / "boards"
         self.twins = {
             b: Twin(b, self.bitstreams, self.models, run_dir / str(b), host) for b in boards

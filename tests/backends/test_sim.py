@@ -14,8 +14,8 @@ import pytest
 
 from fpgalab.backends.base import BoardError, Build, Design, DesignError, Op, Transaction
 from fpgalab.backends.sim import SimBackend
-from fpgalab.sim.protocol import Op as WireOp
-from fpgalab.sim.protocol import Status
+from fpgalab.sim.protocol import Command, Status
+from tests.helpers import Log
 
 pytestmark = pytest.mark.sim
 
@@ -26,14 +26,6 @@ UNMAPPED = 0x4000_0000
 DESIGN_ID = 0xC0FFEE01
 
 Read = Callable[[str], bytes]
-
-
-class Log(list[str]):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-    def text(self) -> str:
-        return "\n".join(self)
 
 
 def build(sim: SimBackend, name: str, source: bytes) -> tuple[Build, Log]:
@@ -105,7 +97,7 @@ def test_sram_4096_words_read_back_word_for_word(sim: SimBackend) -> None:
     assert read(sim, 1, SRAM + 4 * 4095) == [words[4095]]
     # The per-clock master (the other bus port) sees the same memory.
     board = sim.board(1)
-    raw = board.request(WireOp.RAW_READ, SRAM, 600)
+    raw = board.request(Command.RAW_READ, SRAM, 600)
     assert raw.status is Status.OK and raw.data == words[:600]
 
 
@@ -115,7 +107,7 @@ def test_raw_port_writes_land_where_bursts_read(sim: SimBackend) -> None:
     words = [random.getrandbits(32) for _ in range(300)]
     from fpgalab.sim.board import to_bytes
 
-    reply = sim.board(1).request(WireOp.RAW_WRITE, SRAM + 64, len(words), to_bytes(words))
+    reply = sim.board(1).request(Command.RAW_WRITE, SRAM + 64, len(words), to_bytes(words))
     assert reply.status is Status.OK and reply.done == 300
     assert read(sim, 1, SRAM + 64, 300) == words
 

@@ -18,44 +18,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fpgalab.backends.base import BackendUnavailable, Design, DesignError, Op, Transaction
 from fpgalab.backends.sim import SimBackend
 from fpgalab.hil.build import sandbox as sandbox_module
 from fpgalab.hil.build.pipeline import ELABORATION_LIMITS
-from fpgalab.hil.build.sandbox import Sandbox, SandboxUnavailable
+from fpgalab.hil.build.sandbox import Sandbox
+from fpgalab.service.settings import Settings
 from fpgalab.sim.verilator import Builder
 from tests.designs import PORTS
-from tests.helpers import REPO
+from tests.helpers import REPO, Log
 
 TIMEOUT = 6.0
 MAX_OUTPUT = 1 << 20
 USER = 0x2000_0000
 DESIGN_ID = 0xC0FFEE01
 SECRET = "s3cr3t-" + uuid.uuid4().hex
-
-
-class Log(list[str]):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-    def text(self) -> str:
-        return "\n".join(self)
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    """The build sandbox, which these tests are about."""
-    sandbox = Sandbox()
-    try:
-        sandbox.check()
-    except SandboxUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    if not sandbox.enabled:
-        pytest.skip("FPGALAB_SANDBOX=none: nothing to test")
-    return sandbox
 
 
 @pytest.fixture
@@ -136,7 +115,7 @@ def test_writing_outside_its_folder_fails(
     /tmp, and the host's never sees the file."""
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     target = {
-        "project": REPO / "sim" / f"{name}.py",
+        "project": REPO / "hil" / f"{name}.py",  # bound read-only: it imports from there
         "data": data_dir / "builds" / f"{name}.txt",
         "tmp": Path("/tmp") / f"{name}.txt",
     }[where]
@@ -248,12 +227,13 @@ def test_printing_without_end_is_stopped(hostile: SimBackend) -> None:
 # Settings ----------------------------------------------------------------------------------------
 
 
-def test_a_bad_sandbox_setting_fails_builds_clearly(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An unknown FPGALAB_SANDBOX fails each build as the lab's fault, naming the setting."""
-    monkeypatch.setenv("FPGALAB_SANDBOX", "nsjail")
-    lab = SimBackend(data_dir, build_timeout=TIMEOUT, run_dir=tmp_path / "boards")
+def test_a_bad_sandbox_setting_fails_builds_clearly(data_dir: Path, tmp_path: Path) -> None:
+    """An unknown sandbox mode is refused by the lab's settings at start; given to a backend
+    directly, it fails each build as the lab's fault, naming the setting."""
+    with pytest.raises(ValidationError, match="sandbox"):
+        Settings(sandbox="nsjail")  # type: ignore[arg-type]
+    lab = SimBackend(data_dir, build_timeout=TIMEOUT, run_dir=tmp_path / "boards",
+                     sandbox="nsjail")  # fmt: skip
     try:
         with pytest.raises(
             BackendUnavailable, match=r"^FPGALAB_SANDBOX='nsjail': use bwrap or none$"

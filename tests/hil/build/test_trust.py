@@ -20,39 +20,15 @@ from fpgalab.backends.base import BoardError, Design, DesignError, Op, Transacti
 from fpgalab.backends.sim import SimBackend
 from fpgalab.hil.build.cgroups import Cgroups
 from fpgalab.hil.build.pipeline import ELABORATION_SCRATCH, ELABORATION_TREE
-from fpgalab.hil.build.sandbox import Sandbox, SandboxUnavailable
 from fpgalab.sim.board import SIMULATOR_TREE
 from tests.designs import shell_design
-from tests.helpers import REPO
+from tests.helpers import REPO, Log
 
 pytestmark = pytest.mark.sim
 
 USER = 0x2000_0000
 DESIGN_ID = 0xC0FFEE01
 SECRET = "s3cr3t-" + uuid.uuid4().hex
-
-
-class Log(list[str]):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-    def text(self) -> str:
-        return "\n".join(self)
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    """The sandbox these tests are about (skipped where it cannot run, except in CI)."""
-    sandbox = Sandbox()
-    try:
-        sandbox.check()
-    except SandboxUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    if not sandbox.enabled:
-        pytest.skip("FPGALAB_SANDBOX=none: nothing to test")
-    return sandbox
 
 
 @pytest.fixture
@@ -156,13 +132,12 @@ def test_a_planted_module_is_not_seen_by_the_next_tenant(sim: SimBackend, tmp_pa
 
 
 def test_an_unsandboxed_simulator_gets_a_fresh_folder_each_start(
-    sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim_cache: Path, tmp_path: Path
 ) -> None:
     """With the sandbox off (a trusted lab), a simulator still starts in a new folder of its
     own, removed when it stops, links and all."""
-    monkeypatch.setenv("FPGALAB_SANDBOX", "none")
     run_dir = tmp_path / "boards"
-    lab = SimBackend(sim_cache, run_dir=run_dir)
+    lab = SimBackend(sim_cache, run_dir=run_dir, sandbox="none")
     try:
         outside = tmp_path / "outside"
         outside.mkdir()

@@ -350,11 +350,11 @@ def test_ceiling() -> None:
 
 def test_ops_refuse_bad_arguments() -> None:
     """Unaligned addresses, words over 32 bits and frames over 255 words are refused."""
-    with pytest.raises(ValueError, match="not 32-bit aligned"):
+    with pytest.raises(ValueError, match="0x3 is not word-aligned"):
         Read(0x3, 1)
     with pytest.raises(ValueError, match="word 1 of a write at 0x00000000 is not 32-bit"):
         Write(0, [1, 1 << 32])
-    with pytest.raises(ValueError, match="leave the 32-bit address space"):
+    with pytest.raises(ValueError, match="run past the end of the 32-bit address space"):
         Read(0xFFFF_FFFC, 2)
     with pytest.raises(ValueError, match="max_words"):
         UARTBone("socket://127.0.0.1:1", max_words=256)
