@@ -18,7 +18,7 @@ LINT_PATHS = [*PACKAGES, "tests", "benches", "noxfile.py"]
 
 
 def tests_impl(session: nox.Session, *pytest_args: str) -> None:
-    session.install("-e", ".[test]")
+    session.install("-e", ".[lab,test]")
     session.run("pytest", *pytest_args, *session.posargs)
 
 
@@ -61,12 +61,13 @@ def typing(session: nox.Session) -> None:
     """mypy (strict) on fpgalab.service and fpgalab.backends. mypy resolves modules by
     folder, and the folders are mapped under ``fpgalab`` only when installed: it reads
     them through a tree of links named as they are imported."""
-    session.install("-e", ".[test]", "mypy")
+    session.install("-e", ".[lab,test]", "mypy")
     tree = Path(session.create_tmp()) / "mypy-tree"
     shutil.rmtree(tree, ignore_errors=True)
     (tree / "fpgalab").mkdir(parents=True)
     for package in PACKAGES:
         (tree / "fpgalab" / package).symlink_to(Path(package).resolve())
+    (tree / "fpgalab" / "client").symlink_to(Path("service/client").resolve())
     session.run("mypy", env={"MYPYPATH": str(tree)})
 
 
@@ -76,7 +77,7 @@ def bench(session: nox.Session) -> None:
     (builds, reads, bulk words/s, memory) beside its raw baselines, then the hardware
     backend against a twin beside the simulated backend and UARTBone's ceilings, then
     the build sandbox beside the same steps unsandboxed."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[lab,test]")
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/sim_lab.py")
     session.run("python", "benches/hw_lab.py")
@@ -88,5 +89,5 @@ def soak(session: nox.Session) -> None:
     """The simulated lab under many clients while simulators, the worker, Redis and the
     API are killed at random: 1 min without faults, then 10 with them (pass arguments
     after --, e.g. ``-- --minutes 2``). Fails if a job is lost or an answer is wrong."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[lab,test]")
     session.run("python", "benches/soak.py", *session.posargs)

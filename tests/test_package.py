@@ -1,5 +1,6 @@
 """The shape of the code: one import name, and layers that point one way.
 
+    fpgalab.client    the client side (in service/client/): a client of the REST API only
     fpgalab.service   the REST API, the Redis store, the worker, the command line
     fpgalab.backends  the backend protocol and its adapters
     fpgalab.sim       simulated silicon: the Verilator builder, boards, twins
@@ -69,14 +70,35 @@ def test_the_service_reaches_the_machinery_only_through_the_backends() -> None:
     own, named exceptions), nor LiteX, migen, cocotb or pyserial."""
     wrong = []
     for layer, path in sources():
-        if layer != "service":
-            continue
         rel = path.relative_to(REPO).as_posix()
+        if layer != "service" or rel.startswith("service/client/"):
+            continue
         allowed = COMPOSITION_ROOT.get(rel, set())
         for name in imports(path):
             parts = name.split(".")
             below = parts[0] == "fpgalab" and len(parts) > 1 and parts[1] in ("sim", "hil")
             if (below and name not in allowed) or parts[0] in MACHINERY:
+                wrong.append(f"{rel}: imports {name}")
+    assert wrong == []
+
+
+#: What the client side may import of the project: itself, and (the one command's
+#: dispatcher, lazily) the lab's own commands.
+CLIENT_ALLOWED = {"service/client/cli.py": {"fpgalab.service.cli"}}
+
+
+def test_the_client_imports_nothing_of_the_lab() -> None:
+    """fpgalab.client (service/client/) imports only itself and small pure-Python
+    packages: a client installed without the lab's extra works."""
+    wrong = []
+    for path in sorted((REPO / "service" / "client").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        allowed = CLIENT_ALLOWED.get(rel, set())
+        for name in imports(path):
+            parts = name.split(".")
+            ours = parts[0] == "fpgalab" and parts[1:2] != ["client"]
+            heavy = parts[0] in (*MACHINERY, "fastapi", "redis", "pydantic", "uvicorn")
+            if (ours and name not in allowed) or heavy or parts[0] in LAYERS:
                 wrong.append(f"{rel}: imports {name}")
     assert wrong == []
 
