@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -136,6 +136,11 @@ class Backend(Protocol):
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
         """Run one Wishbone transaction; a bus error is a result, not an exception."""
+        ...
+
+    def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
+        """Run ``txns`` in order, as few round trips as the board allows; the first that
+        fails is the last run (nothing after it reaches the bus) and the last result."""
         ...
 
     def reset(self, board: int, log: LogFn) -> None:

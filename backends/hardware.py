@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,27 +183,47 @@ class HardwareBackend:
             self._load(slot, bit, log)
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
-        if refused := txn.span_error():
-            return TransactResult(ok=False, error=refused)
+        return self.transact_many(board, [txn])[0]
+
+    def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
+        """Each transaction goes out with a read of ``ctrl_bus_errors`` (one bridge ``run``:
+        UARTBone streams the write frames with the read, Etherbone puts both in one
+        record), and the next goes out once that reply says it did not fail: a bus error
+        stops the list before anything after it reaches the bus. That costs no round trip
+        on UARTBone, whose every read ends one anyway (the counter's included); Etherbone
+        could pack consecutive reads into one record, but not stop after the one that
+        failed. The board's lock is held for the whole list."""
+        results: list[TransactResult] = []
         slot = self._board(board)
         with slot.lock, _translated(board):
-            if slot.current is None:
-                raise BoardError(f"board {board}: its SoC is unknown after a failure (reset it)")
-            try:
-                replies = slot.bridge.run(_with_error_counts(txn))
-            except BridgeError:
-                slot.current = None
-                raise
-            errors = replies[-1][0]
-            rose = (errors - slot.bus_errors) & 0xFFFF_FFFF
-            if rose > txn.words:  # more failures than accesses: the reply is not the board's
-                slot.current = None
-                raise BoardError(
-                    f"board {board}: implausible reply over {slot.bridge.describe()}: "
-                    f"ctrl_bus_errors went from {slot.bus_errors} to {errors} during a "
-                    f"{txn.words}-word transfer (a garbled link?)"
-                )
-            slot.bus_errors = errors
+            for txn in txns:
+                results.append(self._transact(slot, txn))
+                if not results[-1].ok:
+                    break
+        return results
+
+    def _transact(self, slot: _Board, txn: Transaction) -> TransactResult:
+        """One transaction and its error count (the caller holds the board's lock)."""
+        if refused := txn.span_error():
+            return TransactResult(ok=False, error=refused)
+        board = slot.spec.id
+        if slot.current is None:
+            raise BoardError(f"board {board}: its SoC is unknown after a failure (reset it)")
+        try:
+            replies = slot.bridge.run(_with_error_counts(txn))
+        except BridgeError:
+            slot.current = None
+            raise
+        errors = replies[-1][0]
+        rose = (errors - slot.bus_errors) & 0xFFFF_FFFF
+        if rose > txn.words:  # more failures than accesses: the reply is not the board's
+            slot.current = None
+            raise BoardError(
+                f"board {board}: implausible reply over {slot.bridge.describe()}: "
+                f"ctrl_bus_errors went from {slot.bus_errors} to {errors} during a "
+                f"{txn.words}-word transfer (a garbled link?)"
+            )
+        slot.bus_errors = errors
         data = replies[0] if txn.op is Op.READ else []
         if not rose:
             return TransactResult(ok=True, data=data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,21 +142,36 @@ class SimBackend:
             self._start(sim, model, log)
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
+        return self.transact_many(board, [txn])[0]
+
+    def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
+        """All of ``txns`` in one request to the simulator (``Command.BATCH``): one wake-up
+        of it, not a round trip per transaction."""
         sim, lock = self._board(board)
-        if refused := txn.span_error():
-            return TransactResult(ok=False, error=refused)
-        count = txn.words
-        if txn.op is Op.WRITE:
-            payload, op = to_bytes(txn.data), Command.WRITE
-        else:
-            payload, op = b"", Command.READ
-        with lock, _translated():
-            if sim.model is None and not sim.alive():
-                raise BoardFailure(f"board {board}: no simulator is running (reset the board)")
-            reply = sim.request(op, txn.address, count, payload)
-        if reply.status is Status.OK:
-            return TransactResult(ok=True, data=reply.data)
-        return TransactResult(ok=False, data=reply.data, error=self._describe(reply, count))
+        requests: list[tuple[Command, int, int, bytes]] = []
+        refused = None
+        for txn in txns:
+            if refused := txn.span_error():
+                break  # the ones before it run; it fails without reaching the bus
+            if txn.op is Op.WRITE:
+                requests.append((Command.WRITE, txn.address, txn.words, to_bytes(txn.data)))
+            else:
+                requests.append((Command.READ, txn.address, txn.words, b""))
+        replies = []
+        if requests:
+            with lock, _translated():
+                if sim.model is None and not sim.alive():
+                    raise BoardFailure(f"board {board}: no simulator is running (reset the board)")
+                replies = sim.batch(requests)
+        results = [
+            TransactResult(ok=True, data=reply.data)
+            if reply.status is Status.OK
+            else TransactResult(ok=False, data=reply.data, error=self._describe(reply, count))
+            for reply, (_, _, count, _) in zip(replies, requests, strict=False)
+        ]
+        if refused and len(results) == len(requests) and all(r.ok for r in results):
+            results.append(TransactResult(ok=False, error=refused))
+        return results
 
     def _describe(self, reply: Any, count: int) -> str:
         where = f"{reply.failed_at:#010x} (word {reply.done} of {count})"

@@ -96,6 +96,9 @@ class InstantBackend:
         words = [mem.get(txn.address + 4 * i, 0) for i in range(txn.length)]
         return TransactResult(ok=True, data=words)
 
+    def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
+        return [self.transact(board, txn) for txn in txns]
+
     def reset(self, board: int, log: LogFn) -> None:
         self.memory.pop(board, None)
         log(f"instant: board {board} reset")

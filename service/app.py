@@ -17,6 +17,7 @@ from fpgalab.service.head import HeadAsGet
 from fpgalab.service.routes import audit, boards, health, jobs, sessions
 from fpgalab.service.settings import Settings
 from fpgalab.service.store import Store
+from fpgalab.service.waiters import JobWaiters
 
 log = logging.getLogger("fpgalab.api")
 
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.from_url(settings.redis_url or DEFAULT_REDIS_URL, settings)
         app.state.store = store
+        app.state.waiters = waiters = JobWaiters(store.redis)
+        waiters.start()
         if keyring.open:
             log.warning("no API keys configured: the lab is OPEN, every caller is an admin")
         else:
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await waiters.close()
             await store.close()
 
     app = FastAPI(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader
 
 from fpgalab.service.auth import Caller, KeyRing
@@ -15,6 +15,7 @@ from fpgalab.service.errors import Forbidden, InvalidApiKey
 from fpgalab.service.settings import Settings
 from fpgalab.service.states import NUM_BOARDS
 from fpgalab.service.store import Actor, Store
+from fpgalab.service.waiters import MAX_WAIT, JobWaiters
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Names the caller.")
 
@@ -25,6 +26,10 @@ async def get_store(request: Request) -> Store:
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
+
+
+async def get_waiters(request: Request) -> JobWaiters:
+    return request.app.state.waiters  # type: ignore[no-any-return]
 
 
 async def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> Caller:
@@ -56,6 +61,7 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WaitersDep = Annotated[JobWaiters, Depends(get_waiters)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 ActorDep = Annotated[Actor, Depends(get_actor)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
@@ -67,5 +73,15 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         max_length=200,
         description="A retry with the same key (same caller) returns the first answer.",
+    ),
+]
+WaitSeconds = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=MAX_WAIT,
+        allow_inf_nan=False,
+        description=f"Answer once the job has finished, or after this many seconds (more "
+        f"than 0, at most {MAX_WAIT:g}) with the job as it is then.",
     ),
 ]

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fpgalab.service.errors import ALL_ERRORS, LabError
-from fpgalab.service.models import ErrorResponse
+from fpgalab.service.models import UNION_TAGS, ErrorResponse
 
 log = logging.getLogger("fpgalab.api")
 
@@ -39,9 +39,15 @@ def _describe(loc: tuple[Any, ...], msg: str) -> str:
     if where in ("path.fpga_id", "fpga_id"):
         return f"fpga_id: {msg} (boards are 0-9)"
     msg = msg.removeprefix("Value error, ")
-    if where == "body" and re.match(r"[a-z_]+: ", msg):
-        return msg  # a check across fields that already names its field
+    if re.match(r"[a-z_]+: ", msg):  # a check across fields that already names its field
+        return msg if where == "body" else f"{where}.{msg}"  # ops.2.data: ...
     return f"{where}: {msg}"
+
+
+def _without_tags(error: Any) -> Any:
+    """A validation error whose location leaves out a union's tags (``RunRequest``): they
+    name which body was meant, not a field of it."""
+    return {**error, "loc": tuple(p for p in error.get("loc", ()) if p not in UNION_TAGS)}
 
 
 def error_response(exc: LabError) -> JSONResponse:
@@ -104,13 +110,19 @@ def _wrong_type(error: Any) -> str | None:
     return f"{where}: {expected}, got {_json_kind(error.get('input'))}"
 
 
+#: The most problems one 422 names; it says how many more there are.
+_ERRORS_SHOWN = 10
+
+
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [
         _json_invalid(e) if e.get("type") == "json_invalid"
         else _wrong_type(e) or _describe(tuple(e.get("loc", ())), str(e.get("msg", "")))
-        for e in exc.errors()
+        for e in map(_without_tags, exc.errors()[:_ERRORS_SHOWN])
     ]  # fmt: skip
+    if (more := len(exc.errors()) - _ERRORS_SHOWN) > 0:
+        parts.append(f"and {more} more")  # 4,096 bad ops (or 65,536 bad words) are one line
     return JSONResponse(error_body("validation_error", "; ".join(parts)), status_code=422)
 
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from fpgalab.backends import Op, span_problem
-from fpgalab.service.settings import MAX_TRANSFER_WORDS
+from fpgalab.service.settings import MAX_OPS_PER_RUN, MAX_TRANSFER_WORDS
 from fpgalab.service.states import BoardState, Health, JobStatus, JobType
 
 Word = Annotated[int, Field(ge=0, lt=2**32)]
@@ -140,6 +148,49 @@ class RunRequest(StrictBody):
         return len(self.data) if self.data else (self.length or 1)
 
 
+#: RunRequest's fields: a list of transactions has none of them beside it.
+_ONE_RUN_FIELDS = ("op", "address", "data", "length")
+
+
+class RunOpsRequest(StrictBody):
+    """Several Wishbone transactions, run in order on the board in one job; the first
+    that fails stops the list."""
+
+    ops: list[RunRequest] = Field(
+        min_length=1,
+        max_length=MAX_OPS_PER_RUN,
+        description="The transactions, each as a single run takes it (op, address, data | "
+        f"length); 1 to {MAX_OPS_PER_RUN:,} of them, {MAX_TRANSFER_WORDS:,} words in all.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alone(cls, body: Any) -> Any:
+        if isinstance(body, dict) and (found := [f for f in _ONE_RUN_FIELDS if f in body]):
+            raise ValueError(
+                f"ops: a run carries one transaction (op, address, data | length) or a list "
+                f"of them (ops), not both; this one has ops and {', '.join(found)}"
+            )
+        return body
+
+    @property
+    def words(self) -> int:
+        return sum(op.words for op in self.ops)
+
+
+def _run_kind(body: Any) -> str:
+    return "RunOpsRequest" if isinstance(body, dict) and "ops" in body else "RunRequest"
+
+
+#: The body of ``POST /fpga/{id}/run``: one transaction, or a list of them (``ops``).
+#: Its union tags (the models' names) are no fields: error messages leave them out.
+RunBody = Annotated[
+    Annotated[RunRequest, Tag("RunRequest")] | Annotated[RunOpsRequest, Tag("RunOpsRequest")],
+    Discriminator(_run_kind),
+]
+UNION_TAGS = frozenset({"RunRequest", "RunOpsRequest"})
+
+
 class JobAccepted(BaseModel):
     job_id: str
     fpga_id: int
@@ -165,10 +216,28 @@ class JobResponse(BaseModel):
     design_sha256: str | None = None
 
 
+class RunOpResult(BaseModel):
+    """What one transaction of an ``ops`` run did."""
+
+    ok: bool
+    data: list[int] = Field(default_factory=list, description="Words it read.")
+    error: str | None = Field(None, description="Why it failed (the one that stopped the list).")
+
+
 class RunResult(BaseModel):
     ok: bool
-    data: list[int] = Field(default_factory=list, description="Words read (empty for a write).")
-    error: str | None = None
+    data: list[int] = Field(
+        default_factory=list,
+        description="Words read (empty for a write); for an `ops` run, every op's words in turn.",
+    )
+    error: str | None = Field(
+        None, description="Why it failed; for an `ops` run, `op N of M: …` (N counts from 1)."
+    )
+    results: list[RunOpResult] | None = Field(
+        None,
+        description="An `ops` run only (absent otherwise): one entry per op run, in order, up "
+        "to and including the one that failed.",
+    )
 
 
 class MaintenanceRequest(StrictBody):

@@ -15,6 +15,9 @@ from fpgalab.backends import DEFAULT_BUILD_TIMEOUT, lab_data_dir
 #: The most words one run job may carry: the ceiling the API's request schema publishes
 #: (``RunRequest``). ``max_transfer_words`` may lower it, never raise it.
 MAX_TRANSFER_WORDS = 65536
+#: The most transactions one run job's ``ops`` may list: the schema's ceiling
+#: (``RunOpsRequest``). ``max_ops_per_run`` may lower it, never raise it.
+MAX_OPS_PER_RUN = 4096
 
 
 def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     #: Largest Wishbone transfer one run job may carry (32-bit words); at most
     #: ``MAX_TRANSFER_WORDS``, the ceiling of the published request schema.
     max_transfer_words: int = Field(default=MAX_TRANSFER_WORDS, gt=0)
+    #: Most transactions one run job's ``ops`` may list (their words together are held to
+    #: ``max_transfer_words``); at most ``MAX_OPS_PER_RUN``, the schema's ceiling.
+    max_ops_per_run: int = Field(default=MAX_OPS_PER_RUN, gt=0)
     #: Most log lines kept per job (older ones are trimmed).
     max_log_lines: int = Field(default=100_000, gt=0)
     #: Most log bytes kept per job: past them lines are dropped but for the last few, and
@@ -108,6 +114,10 @@ class Settings(BaseSettings):
     #: a prompt ``503 redis_unavailable``, as a dead one is. A worker's blocking queue
     #: read gets its block time on top.
     redis_timeout: float = Field(default=2.0, gt=0)
+    #: Most connections to Redis one process (an API replica, a worker) opens; a command
+    #: that finds them all busy waits for one, within ``redis_timeout``. A request waiting
+    #: for its job (``?wait=``) holds none: one subscription per API process serves all.
+    redis_max_connections: int = Field(default=64, ge=8)
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
@@ -158,6 +168,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value} is over {MAX_TRANSFER_WORDS:,}, the most words a run job may carry "
                 "(the API's published limit); this setting may only lower it"
+            )
+        return value
+
+    @field_validator("max_ops_per_run")
+    @classmethod
+    def _ops_within_the_schema(cls, value: int) -> int:
+        if value > MAX_OPS_PER_RUN:
+            raise ValueError(
+                f"{value} is over {MAX_OPS_PER_RUN:,}, the most transactions a run job may "
+                "list (the API's published limit); this setting may only lower it"
             )
         return value
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -83,9 +83,15 @@ class Store:
         client blocks on purpose: a worker's queue read): a Redis that stalls (stopped,
         swapping, a disk that holds its writes) fails the call with a TimeoutError, which
         the API answers ``503 redis_unavailable``, instead of holding it until Redis
-        answers. The connection it was on is dropped, so no late reply is misread."""
-        redis = Redis.from_url(
+        answers. The connection it was on is dropped, so no late reply is misread.
+
+        The process opens at most ``redis_max_connections`` connections: a command that
+        finds them all in use waits for one, within the same deadline (redis-py's default
+        pool refuses it at once, so a burst of requests got 503s)."""
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout,
             password=settings.redis_password(),
             decode_responses=True,
             socket_connect_timeout=settings.redis_timeout,
@@ -96,7 +102,7 @@ class Store:
             # first request after an outage is answered instead of getting a 503.
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
         )
-        return cls(redis, settings)
+        return cls(Redis.from_pool(pool), settings)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -496,18 +496,34 @@ class Worker:
 
     async def _run(self, board: int, job: dict[str, str]) -> Outcome:
         request = json.loads(job["request"])
-        txn = Transaction(
-            op=Op(request["op"]),
-            address=request["address"],
-            data=tuple(request.get("data", ())),
-            length=request.get("length", 1),
-        )
-        result = await self._in_thread(self.backend.transact, board, txn)
+        if "ops" in request:
+            return await self._run_ops(board, [_transaction(op) for op in request["ops"]])
+        result = await self._in_thread(self.backend.transact, board, _transaction(request))
         error = one_line(result.error) if result.error is not None else None
         body = json.dumps({"ok": result.ok, "data": result.data, "error": error})
         if result.ok:
             return Outcome(JobStatus.COMPLETE, result=body)
         return Outcome(JobStatus.FAILED, error=error or "bus error", result=body)
+
+    async def _run_ops(self, board: int, txns: list[Transaction]) -> Outcome:
+        """A list of transactions in one backend call; the first that fails ends it, and
+        the job's error says which it was (counting from 1)."""
+        results = await self._in_thread(self.backend.transact_many, board, txns)
+        entries = [
+            {"ok": r.ok, "data": r.data, "error": None if r.error is None else one_line(r.error)}
+            for r in results
+        ]
+        error = None
+        if len(results) != len(txns) or not all(r.ok for r in results):
+            failed = next((i for i, r in enumerate(results) if not r.ok), len(results))
+            why = entries[failed]["error"] if failed < len(entries) else None
+            # a backend that stopped without saying why: a bug of its own
+            error = one_line(f"op {failed + 1} of {len(txns)}: {why or 'not run'}")
+        data = [word for r in results for word in r.data]
+        body = json.dumps({"ok": error is None, "data": data, "error": error, "results": entries})
+        if error is None:
+            return Outcome(JobStatus.COMPLETE, result=body)
+        return Outcome(JobStatus.FAILED, error=error, result=body)
 
     async def _reset(self, board: int, joblog: JobLog) -> Outcome:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
@@ -518,6 +534,16 @@ class Worker:
             f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}"
         )
         return Outcome(JobStatus.COMPLETE, Event.RESET_OK, health=health, health_reason=reason)
+
+
+def _transaction(request: dict[str, Any]) -> Transaction:
+    """A run request's transaction (the API has checked it: ``service.models.RunRequest``)."""
+    return Transaction(
+        op=Op(request["op"]),
+        address=request["address"],
+        data=tuple(request.get("data", ())),
+        length=request.get("length", 1),
+    )
 
 
 _FAIL_EVENT = {

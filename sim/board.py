@@ -20,15 +20,25 @@ import threading
 import time
 import uuid
 from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from fpgalab.hil.build.cgroups import Cgroups, Group, TreeLimits
 from fpgalab.hil.build.pipeline import CHILD_PACKAGES
 from fpgalab.hil.build.sandbox import Confinement, Sandbox, SandboxUnavailable
 from fpgalab.hil.procs import comm, descendants, exited
-from fpgalab.sim.protocol import REPLY, REQUEST, Command, Status, is_write, recv_exactly
+from fpgalab.sim.protocol import (
+    REPLY,
+    REQUEST,
+    Command,
+    Status,
+    is_write,
+    pack_batch,
+    recv_exactly,
+    unpack_replies,
+)
 from fpgalab.sim.toolchain import SIM, Toolchain
 from fpgalab.sim.verilator import Model
 
@@ -47,6 +57,10 @@ START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0
 REQUEST_TIMEOUT_PER_WORD = 1e-3
 
+
+T = TypeVar("T")
+#: The statuses a reply may carry: anything else is no reply of a board.
+_STATUSES = frozenset(int(s) for s in Status)
 
 #: cocotb's start-up lines, its results table, our test's docstring.
 _ROUTINE = re.compile(r"^\s*-?[\d.-]+ns INFO |\*\*|Serve the host|^\s*$")
@@ -349,27 +363,64 @@ class SimBoard:
 
     def request(self, op: Command, address: int, count: int = 1, data: bytes = b"") -> Reply:
         """Run one transfer; raises BoardFailure if the simulator dies or hangs."""
+        message = REQUEST.pack(op, 0, 0, address, count) + (data if is_write(op) else b"")
+        return self._exchange(message, count, lambda sock: self._reply(sock, op, count))
+
+    def batch(self, requests: Sequence[tuple[Command, int, int, bytes]]) -> list[Reply]:
+        """Run (command, byte address, word count, words written) transfers in order, in
+        one request; a reply for each one run: the first that is not OK is the last."""
+        if not requests:
+            return []
+        words = sum(count for _, _, count, _ in requests)
+        message = pack_batch([(op, address, count, data) for op, address, count, data in requests])
+        most = sum(REPLY.size + (0 if is_write(op) else 4 * n) for op, _, n, _ in requests)
+
+        def replies(sock: socket.socket) -> list[Reply]:
+            status, _, _, done, size = REPLY.unpack(self._receive(sock, REPLY.size))
+            found = None
+            # the simulator runs the tenant's model: a size past the most its replies can
+            # take is refused before anything is allocated for it
+            if status == Status.OK and done <= len(requests) and size <= most:
+                found = unpack_replies(self._receive(sock, size), [op for op, *_ in requests])
+            if found is not None and any(
+                r[1] > q[2] or r[0] not in _STATUSES for r, q in zip(found, requests, strict=False)
+            ):
+                found = None  # more words than its request asked for, or no status of ours
+            if found is None or len(found) != done:
+                raise self._failed(f"during the request (a malformed batch reply: {done} replies)")
+            return [Reply(Status(s), n, at, from_bytes(data)) for s, n, at, data in found]
+
+        return self._exchange(message, words, replies)
+
+    def _exchange(self, message: bytes, words: int, answer: Callable[[socket.socket], T]) -> T:
+        """Send ``message`` (moving ``words`` words) and read its ``answer``; a simulator
+        that dies, hangs or breaks the link is a BoardFailure."""
         sock = self._sock
         if sock is None or not self.alive():
             raise self._failed("before the request")
-        timeout = REQUEST_TIMEOUT + count * REQUEST_TIMEOUT_PER_WORD
+        timeout = REQUEST_TIMEOUT + words * REQUEST_TIMEOUT_PER_WORD
         sock.settimeout(timeout)
         started = time.monotonic()
         try:
-            sock.sendall(REQUEST.pack(op, 0, 0, address, count) + (data if is_write(op) else b""))
-            header = recv_exactly(sock, REPLY.size)
-            if header is None:
-                raise self._failed("during the request")
-            status, _, _, done, failed_at = REPLY.unpack(header)
-            raw = b""
-            if not is_write(op) and done:
-                got = recv_exactly(sock, 4 * done)
-                if got is None:
-                    raise self._failed("during the request")
-                raw = got
+            sock.sendall(message)
+            return answer(sock)
         except TimeoutError:
             took = time.monotonic() - started
             raise self._failed(f"(no answer in {took:.0f} s)", grace=0) from None
         except OSError as exc:
             raise self._failed(f"during the request ({exc})") from None
+
+    def _receive(self, sock: socket.socket, size: int) -> bytes:
+        got = recv_exactly(sock, size)
+        if got is None:
+            raise self._failed("during the request")
+        return got
+
+    def _reply(self, sock: socket.socket, op: int, count: int) -> Reply:
+        status, _, _, done, failed_at = REPLY.unpack(self._receive(sock, REPLY.size))
+        if done > count or status not in _STATUSES:  # not an answer (and not allocated)
+            raise self._failed(
+                f"during the request (a malformed reply: {done} words, status {status})"
+            )
+        raw = self._receive(sock, 4 * done) if not is_write(op) and done else b""
         return Reply(Status(status), done, failed_at, from_bytes(raw))

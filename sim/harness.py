@@ -5,7 +5,8 @@ The socket is read in a ``bridge`` thread, which parks the simulator while it wa
 (no simulated time passes, no CPU is used); each request runs in the simulator as a
 ``resume`` coroutine. Bulk transfers go through the SoC's burst master (``burst_*``
 ports): Python touches the model once per ``depth`` words. ``RAW_*`` requests drive
-the ``wb_*`` port one clock at a time instead, as a baseline and a cross-check.
+the ``wb_*`` port one clock at a time instead, as a baseline and a cross-check. A
+``BATCH`` of requests runs in one ``resume``, in order, until one fails.
 
 Run by the simulator (``COCOTB_TEST_MODULES=sim.harness``); ``FPGALAB_SIM_FD`` names
 the socket's file descriptor.
@@ -13,6 +14,7 @@ the socket's file descriptor.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 from typing import Any
@@ -20,16 +22,78 @@ from typing import Any
 import cocotb
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import ClockCycles, RisingEdge, ValueChange
+from cocotb.triggers import ClockCycles, RisingEdge
 
-from fpgalab.sim.protocol import REPLY, REQUEST, Command, Status, is_write, recv_exactly
+from fpgalab.sim.protocol import (
+    BATCHABLE,
+    REPLY,
+    REQUEST,
+    Command,
+    Status,
+    is_write,
+    pack_replies,
+    recv_exactly,
+    unpack_batch,
+)
 
 WORD_MASK = (1 << 30) - 1
-#: What the harness serves besides HELLO and QUIT.
-SERVED = (Command.WRITE, Command.READ, Command.RAW_WRITE, Command.RAW_READ)
+#: The burst master's narrow ports the host drives or reads (``burst_<name>``).
+BURST_PORTS = ("we", "adr", "length", "req", "count", "err", "timed_out")
 
 #: status, words done, byte address of the failed access, data read
 Result = tuple[int, int, int, bytes]
+
+
+#: cocotb's deposit (``cocotb.handle._GPISetAction.DEPOSIT``), for the raw handles below.
+DEPOSIT = 0
+#: VPI's ``vpiVectorVal`` value format and ``vpiNoDelay`` write (``vpi_user.h``).
+VPI_VECTOR_VAL = 9
+VPI_NO_DELAY = 1
+
+
+class _VpiValue(ctypes.Structure):
+    """VPI's ``s_vpi_value``: a format, then a union whose widest member is 8 bytes."""
+
+    _fields_ = [("format", ctypes.c_int32), ("vector", ctypes.c_void_p)]
+
+
+class WidePort:
+    """A port of ``words`` 32-bit words, read and written whole in VPI's vector format,
+    which Verilator copies a word at a time. (cocotb's binary strings cost a C call per
+    bit: 8,192 of them, tens of microseconds, most of what a short burst takes.) Word 0
+    is the least significant; the VPI functions are the simulator's own."""
+
+    def __init__(self, path: str, words: int) -> None:
+        vpi = ctypes.CDLL(None)  # the simulator executable, which exports VPI to cocotb
+        self._get, self._put = vpi.vpi_get_value, vpi.vpi_put_value
+        self._get.argtypes = [ctypes.c_void_p, ctypes.POINTER(_VpiValue)]
+        self._get.restype = None
+        self._put.argtypes = [ctypes.c_void_p, ctypes.POINTER(_VpiValue), ctypes.c_void_p,
+                              ctypes.c_int32]  # fmt: skip
+        self._put.restype = ctypes.c_void_p
+        by_name = vpi.vpi_handle_by_name
+        by_name.argtypes, by_name.restype = [ctypes.c_char_p, ctypes.c_void_p], ctypes.c_void_p
+        self._handle = by_name(path.encode(), None)
+        if not self._handle:
+            raise RuntimeError(f"VPI has no signal {path}")
+        self.words = words
+        #: (aval, bval) pairs: the value written; words past a write keep what they held
+        self._out = (ctypes.c_uint32 * (2 * words))()
+        self._avals = memoryview(self._out).cast("B").cast("I")[::2]
+        self._value = _VpiValue(VPI_VECTOR_VAL, ctypes.addressof(self._out))
+        self._read = _VpiValue(VPI_VECTOR_VAL, None)
+
+    def read_top(self, count: int) -> bytes:
+        """The top ``count`` words, least significant first, as little-endian bytes."""
+        self._get(self._handle, ctypes.byref(self._read))
+        assert self._read.vector is not None
+        pairs = ctypes.string_at(self._read.vector, 8 * self.words)
+        return memoryview(pairs).cast("I")[2 * (self.words - count) :: 2].tobytes()
+
+    def write_low(self, data: bytes) -> None:
+        """Deposit ``data`` (little-endian words) into the lowest words."""
+        self._avals[: len(data) // 4] = memoryview(data).cast("I")
+        self._put(self._handle, ctypes.byref(self._value), None, VPI_NO_DELAY)
 
 
 class Board:
@@ -37,6 +101,17 @@ class Board:
         self.dut = dut
         self.depth = len(dut.burst_rdata) // 32
         self.toggle = 0
+        # The burst ports' own simulator handles: cocotb's ``.value`` makes an object per
+        # access, a large share of a short burst's time. Writes are deposits, as ``.value =``
+        # makes them (the toolchain has cocotb trust inertial writes).
+        port = {name: getattr(dut, f"burst_{name}")._handle for name in BURST_PORTS}
+        self.we, self.adr, self.length, self.req = (port[n] for n in ("we", "adr", "length", "req"))
+        self.count, self.err, self.timed_out = (port[n] for n in ("count", "err", "timed_out"))
+        self.wdata = WidePort(f"{dut._path}.burst_wdata", self.depth)
+        self.rdata = WidePort(f"{dut._path}.burst_rdata", self.depth)
+        self.done = dut.burst_done.value_change
+        #: What ``we`` and ``length`` hold now (None: not written yet): only changes are written.
+        self.held: dict[str, int | None] = {"we": None, "length": None}
 
     async def start(self) -> None:
         dut = self.dut
@@ -51,32 +126,34 @@ class Board:
         dut.rst.value = 0
         await ClockCycles(dut.clk, 2)
 
+    def _hold(self, name: str, handle: Any, value: int) -> None:
+        if self.held[name] != value:
+            handle.set_signal_val_int(DEPOSIT, value)
+            self.held[name] = value
+
     # Burst master -----------------------------------------------------------------------------
 
     async def burst(self, op: int, address: int, count: int, payload: bytes) -> Result:
-        dut = self.dut
         depth = self.depth
         word = address >> 2
         write = op == Command.WRITE
-        dut.burst_we.value = int(write)
+        self._hold("we", self.we, int(write))
         data = bytearray()
-        rdata = dut.burst_rdata._handle  # the binary string, without a LogicArray per burst
         for first in range(0, count, depth):
             n = min(depth, count - first)
-            dut.burst_adr.value = (word + first) & WORD_MASK
-            dut.burst_length.value = n
+            self.adr.set_signal_val_int(DEPOSIT, (word + first) & WORD_MASK)
+            self._hold("length", self.length, n)
             if write:
-                chunk = payload[4 * first : 4 * (first + n)]
-                dut.burst_wdata.value = int.from_bytes(chunk, "little")
+                self.wdata.write_low(payload[4 * first : 4 * (first + n)])
             self.toggle ^= 1
-            dut.burst_req.value = self.toggle
-            await ValueChange(dut.burst_done)
-            done = int(dut.burst_count.value)
+            self.req.set_signal_val_int(DEPOSIT, self.toggle)
+            await self.done
+            done = self.count.get_signal_val_long()
             if not write and done:
-                value = int(rdata.get_signal_val_binstr(), 2) >> (32 * (depth - done))
-                data += value.to_bytes(4 * done, "little")
-            if int(dut.burst_err.value):
-                status = Status.TIMEOUT if int(dut.burst_timed_out.value) else Status.BUS_ERROR
+                data += self.rdata.read_top(done)  # word i of done sits at depth - done + i
+            if self.err.get_signal_val_long():
+                timed_out = self.timed_out.get_signal_val_long()
+                status = Status.TIMEOUT if timed_out else Status.BUS_ERROR
                 failed = first + done
                 return status, failed, (address + 4 * failed) & 0xFFFF_FFFF, bytes(data)
         return Status.OK, count, 0, bytes(data)
@@ -122,11 +199,25 @@ async def serve(dut: Any) -> None:
     board = Board(dut)
     await board.start()
 
-    @resume
-    async def handle(op: int, address: int, count: int, payload: bytes) -> Result:
+    async def one(op: int, address: int, count: int, payload: bytes) -> Result:
+        if op not in BATCHABLE or address % 4:
+            return Status.BAD_REQUEST, 0, address, b""
         if op in (Command.WRITE, Command.READ):
             return await board.burst(op, address, count, payload)
         return await board.raw(op, address, count, payload)
+
+    @resume
+    async def handle(op: int, address: int, count: int, payload: bytes) -> Result:
+        return await one(op, address, count, payload)
+
+    @resume
+    async def handle_batch(requests: list[tuple[int, int, int, bytes]]) -> list[Result]:
+        results = []
+        for request in requests:
+            results.append(await one(*request))
+            if results[-1][0] != Status.OK:
+                break
+        return results
 
     @bridge
     def loop() -> None:
@@ -137,16 +228,21 @@ async def serve(dut: Any) -> None:
                 return
             op, _, _, address, count = REQUEST.unpack(header)
             payload = b""
-            if is_write(op):
-                got = recv_exactly(sock, 4 * count)
+            if is_write(op) or op == Command.BATCH:
+                # a batch's address field is the size of the requests that follow
+                got = recv_exactly(sock, address if op == Command.BATCH else 4 * count)
                 if got is None:
                     return
                 payload = got
             if op == Command.QUIT:
                 sock.sendall(REPLY.pack(Status.OK, 0, 0, 0, 0))
                 return
-            if op not in SERVED or address % 4:
-                sock.sendall(REPLY.pack(Status.BAD_REQUEST, 0, 0, 0, address))
+            if op == Command.BATCH:
+                requests = unpack_batch(payload, count)
+                if requests is None:
+                    sock.sendall(REPLY.pack(Status.BAD_REQUEST, 0, 0, 0, 0))
+                    continue
+                sock.sendall(pack_replies(handle_batch(requests)))
                 continue
             status, done, failed_at, data = handle(op, address, count, payload)
             sock.sendall(REPLY.pack(status, 0, 0, done, failed_at) + data)

@@ -9,6 +9,7 @@ same in a worker in another process:
 - ``PROGRAM_FAIL`` program raises BoardError
 - ``SLEEP=<s>``    build sleeps that many seconds first
 - ``GATE``         build waits until the test calls ``release_gate()``
+- ``ECHO:<text>``  build logs ``<text>`` (the rest of its line) as is: hostile log lines
 
 A test in the same process can also hold ``program``, ``transact``, ``reset`` or
 ``health`` calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
@@ -25,6 +26,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,8 @@ class FakeBackend:
         text = design.source.decode()
         self.calls.append(("build", design.filename))
         log(f"fake: elaborating {design.filename}")
+        for echoed in re.findall(r"ECHO:([^\n]*)", text):
+            log(echoed)
         if m := re.search(r"SLEEP=([0-9.]+)", text):
             time.sleep(float(m.group(1)))
         if "GATE" in text:
@@ -124,6 +128,16 @@ class FakeBackend:
                 mem[txn.address + 4 * i] = word
             return TransactResult(ok=True)
         return TransactResult(ok=True, data=[mem.get(txn.address + 4 * i, 0) for i in range(words)])
+
+    def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
+        """Each in turn through ``transact`` (its holds and failures included), up to and
+        including the first that fails."""
+        results: list[TransactResult] = []
+        for txn in txns:
+            results.append(self.transact(board, txn))
+            if not results[-1].ok:
+                break
+        return results
 
     def reset(self, board: int, log: LogFn) -> None:
         self._hold("reset", board)

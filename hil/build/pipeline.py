@@ -182,7 +182,9 @@ class ImageBuilder(ABC, Generic[T]):
         ``slots``: builds at once on this host (by the processes sharing ``root``),
         default: as many as fit in its memory; ``elaboration_limits``: default
         ``ELABORATION_LIMITS`` with ``timeout`` + 5 CPU seconds."""
-        self.root = Path(root)
+        # resolved: a sandboxed step sees this folder by its real path only (a link on the
+        # way, e.g. a data folder reached through a symlink, is not there inside)
+        self.root = Path(root).resolve()
         self.builds = self.root / "builds"
         self.work = self.root / "work"
         self.timeout = timeout

@@ -31,9 +31,12 @@ from fpgalab.service.models import (
     FPGASummary,
     JobAccepted,
     MaintenanceRequest,
+    RunBody,
+    RunOpsRequest,
     RunRequest,
     board_summary,
 )
+from fpgalab.service.settings import Settings
 
 router = APIRouter(prefix="/fpga", tags=["fpga"], route_class=StrictJSONRoute)
 
@@ -127,22 +130,36 @@ async def submit(
 )  # fmt: skip
 async def run(
     fpga_id: FpgaId,
-    request: RunRequest,
+    request: Annotated[RunBody, Body()],
     store: StoreDep,
     settings: SettingsDep,
     actor: ActorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
-    """Queue one Wishbone transaction; runs queue behind each other in order."""
-    if request.words > settings.max_transfer_words:
-        raise ValidationFailed(
-            "validation_error",
-            f"{'data' if request.data else 'length'}: {request.words} words is over this "
-            f"lab's limit of {settings.max_transfer_words} words per job",
-        )
+    """Queue one Wishbone transaction, or several in order (``ops``) as one job; runs queue
+    behind each other in order."""
+    if problem := _over_limits(request, settings):
+        raise ValidationFailed("validation_error", problem)
     body = request.model_dump_json(exclude_none=True)
     reply = await store.run(fpga_id, actor, body, idempotency_key)
     return JobAccepted.model_validate(reply)
+
+
+def _over_limits(request: RunRequest | RunOpsRequest, settings: Settings) -> str | None:
+    """What of this lab's own limits (under the schema's) ``request`` is over, if any."""
+    limit = f"this lab's limit of {settings.max_transfer_words} words per job"
+    if isinstance(request, RunRequest):
+        if request.words > settings.max_transfer_words:
+            return f"{'data' if request.data else 'length'}: {request.words} words is over {limit}"
+        return None
+    if len(request.ops) > settings.max_ops_per_run:
+        return (
+            f"ops: {len(request.ops)} transactions is over this lab's limit of "
+            f"{settings.max_ops_per_run} transactions per job"
+        )
+    if request.words > settings.max_transfer_words:
+        return f"ops: {request.words} words in all is over {limit}"
+    return None
 
 
 @router.post(

@@ -1,18 +1,33 @@
-"""Jobs of a board: status, logs, result, cancel."""
+"""Jobs of a board: status (at once, or once finished), logs, result, cancel."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from fpgalab.service.deps import ActorDep, CallerDep, FpgaId, JobId, StoreDep
+from fpgalab.service.deps import (
+    ActorDep,
+    CallerDep,
+    FpgaId,
+    JobId,
+    StoreDep,
+    WaitersDep,
+    WaitSeconds,
+)
 from fpgalab.service.errors import Conflict, Forbidden, NotFound
 from fpgalab.service.handlers import MUTATION_ERRORS, responses
 from fpgalab.service.models import JobResponse, RunResult, job_response
 from fpgalab.service.states import JobStatus
 from fpgalab.service.store import Actor, Store
+from fpgalab.service.waiters import FINISHED, JobWaiters
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
 
@@ -41,7 +56,49 @@ def _check_reader(actor: Actor, owner: str | None, session_id: str | None, job_i
 
 
 @router.get("/{job_id}", response_model=JobResponse, responses=responses("job_not_found"))
-async def get_job(fpga_id: FpgaId, job_id: JobId, store: StoreDep, _: CallerDep) -> JobResponse:
+async def get_job(
+    fpga_id: FpgaId,
+    job_id: JobId,
+    store: StoreDep,
+    waiters: WaitersDep,
+    _: CallerDep,
+    wait: WaitSeconds = None,
+) -> JobResponse:
+    """The job's record; with ``wait``, answered once the job has finished, or after
+    ``wait`` seconds with the job as it is then."""
+    if wait is None:
+        return await _job(store, fpga_id, job_id)
+    return await _once_finished(waiters, job_id, wait, lambda: _job(store, fpga_id, job_id), _done)
+
+
+def _done(answer: JobResponse | _Stored) -> bool:
+    return answer.status in FINISHED
+
+
+async def _once_finished(
+    waiters: JobWaiters,
+    job_id: str,
+    wait: float,
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+) -> T:
+    """``read()`` once the job has finished (``done`` of what it read says so), or as it
+    is after ``wait`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with waiters.watch(job_id) as woken:  # before the read: a finish after it wakes us
+        answer = await read()
+        while not done(answer):
+            try:
+                await asyncio.wait_for(woken.wait(), deadline - loop.time())
+            except TimeoutError:
+                return await read()  # as it is at the deadline
+            woken.clear()
+            answer = await read()
+    return answer
+
+
+async def _job(store: Store, fpga_id: int, job_id: str) -> JobResponse:
     record = await store.job(job_id)
     _check_board(fpga_id, job_id, record.get("fpga_id"))
     return job_response(record)
@@ -69,18 +126,46 @@ async def get_logs(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: Actor
         "job_not_found", "job_not_complete", "not_session_owner", "session_mismatch"
     ),
 )
-async def get_result(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: ActorDep) -> Response:
-    """Words a run job read (``data``), once it has finished."""
-    owner, session_id, status, result, error = await _fields(
-        store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
-    )
-    _check_reader(actor, owner, session_id, job_id)
+async def get_result(
+    fpga_id: FpgaId,
+    job_id: JobId,
+    store: StoreDep,
+    actor: ActorDep,
+    waiters: WaitersDep,
+    wait: WaitSeconds = None,
+) -> Response:
+    """Words a run job read (``data``), once it has finished; with ``wait``, answered once
+    the job has finished, or after ``wait`` seconds (``409 job_not_complete`` then)."""
+
+    async def read() -> _Stored:
+        fields = await _fields(
+            store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
+        )
+        _check_reader(actor, fields[0], fields[1], job_id)  # before any wait
+        return _Stored(*fields)
+
+    if wait is None:
+        stored = await read()
+    else:
+        stored = await _once_finished(waiters, job_id, wait, read, _done)
+    status, result, error = stored.status, stored.result, stored.error
     if status not in (JobStatus.COMPLETE, JobStatus.FAILED):
         raise Conflict("job_not_complete", f"Job {job_id} is {status}; it has no result yet.")
     if result is None:  # builds, resets, and runs that never reached the bus
         result = json.dumps({"ok": status == JobStatus.COMPLETE, "data": [], "error": error})
     # stored as the JSON it is served as: no parse and re-encode of 65k words
     return Response(result, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The fields of a job its result is made of."""
+
+    owner: str | None
+    session_id: str | None
+    status: str | None
+    result: str | None
+    error: str | None
 
 
 @router.delete(

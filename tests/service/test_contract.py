@@ -170,7 +170,8 @@ async def test_logs_are_plain_text(lab: httpx.AsyncClient) -> None:
 
 
 async def test_result_of_a_read(lab: httpx.AsyncClient) -> None:
-    """GET result of a finished read is {"ok": true, "data": [words]}."""
+    """GET result of a finished read is {"ok": true, "data": [words], "error": null}, and
+    nothing more (``results`` is an ``ops`` run's only)."""
     await reserve(lab, 7)
     await run_job(lab, 7, {"op": 1, "address": 16, "data": [5, 6]})
     r = await lab.post("/fpga/7/run", json={"op": 2, "address": 16, "length": 2})
@@ -179,7 +180,7 @@ async def test_result_of_a_read(lab: httpx.AsyncClient) -> None:
     res = await lab.get(f"/fpga/7/jobs/{job_id}/result")
     assert res.status_code == 200 and res.headers["content-type"] == "application/json"
     body = res.json()
-    assert body["ok"] is True and body["data"] == [5, 6]
+    assert body == {"ok": True, "data": [5, 6], "error": None}
 
 
 async def test_delete_answers_204(client: httpx.AsyncClient) -> None:

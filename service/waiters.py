@@ -1,0 +1,114 @@
+"""Waiting for a job to finish without polling (``GET /fpga/{id}/jobs/{job_id}?wait=S``):
+one subscription per API process to the lab's event channel, fanned out to the requests
+that wait.
+
+Every script that ends a job (``finish``, ``cancel``/``reset``, ``lost``, ``take``) publishes
+its ``job`` event in the same atomic step that writes the status, so an event says the
+record is written. One subscription, not a blocking read per waiter: a thousand waiting
+requests hold no Redis connection of their own (a ``BLPOP`` each would hold a thousand,
+and each its socket deadline), cost Redis and the worker nothing, and wake within a
+millisecond of the event. A waiter registers before it reads the job, so a finish after
+that read wakes it; events published while the subscription is down are not replayed,
+so each time it is (re)established (``subscribe`` confirmed, also after redis-py
+reconnects on its own) every waiter is woken to read its job again: no wake-up is lost.
+Whatever wakes it, a waiter answers with the record as Redis has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from fpgalab.service import keys
+from fpgalab.service.states import JobStatus
+
+log = logging.getLogger("fpgalab.api")
+
+#: The longest a request may wait for its job (seconds).
+MAX_WAIT = 30.0
+#: Job statuses that end a wait: the job has finished.
+FINISHED = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
+#: Seconds between attempts to subscribe while Redis is away.
+RETRY_DELAY = 0.5
+#: How long one read of the subscription waits for a message (seconds): bounds how long
+#: a health check (a PING, every ``health_check_interval``) waits to be sent.
+_POLL = 1.0
+
+
+class JobWaiters:
+    """The waiters of one API process, and the subscription that wakes them."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="job-waiters")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._wake_all()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting now."""
+        return sum(len(events) for events in self._waiting.values())
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set when ``job_id`` may have finished; register it before reading the
+        job, so that a finish after the read is not missed."""
+        event = asyncio.Event()
+        self._waiting.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._waiting.get(job_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiting[job_id]
+
+    def _wake_all(self) -> None:
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
+
+    def _dispatch(self, data: str) -> None:
+        try:
+            event = json.loads(data)
+            job_id, status = event.get("job_id"), event.get("status")
+        except (ValueError, AttributeError):
+            return
+        if status in FINISHED:
+            for waiter in self._waiting.get(job_id, ()):
+                waiter.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.EVENTS)
+                    while True:
+                        message = await pubsub.get_message(timeout=_POLL)
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            # subscribed (again): finishes before now may have been missed
+                            self._wake_all()
+                        elif message["type"] == "message":
+                            self._dispatch(message["data"])
+            except (RedisError, OSError) as exc:
+                # waiters still end at their deadline; they are woken once this is back
+                log.warning("job waiters: the event subscription failed, retrying: %s", exc)
+                await asyncio.sleep(RETRY_DELAY)
