@@ -26,6 +26,7 @@ from litex.soc.integration.soc_core import SoCMini
 from litex.soc.interconnect import stream, wishbone
 from migen import ClockDomain, ClockDomainsRenamer, Module, Signal
 
+from fpgalab.hil.gateware.burst import INPUTS as BURST_INPUTS
 from fpgalab.hil.gateware.burst import BurstMaster
 from fpgalab.hil.gateware.config import MEM_MAP, SIM_CONFIG, SoCConfig
 
@@ -208,7 +209,7 @@ class LabSoC(SoCMini):
         )
         pads = platform.request("burst")
         for name, sig in ports.items():
-            if name in ("req", "we", "adr", "length", "wdata"):
+            if name in BURST_INPUTS:
                 self.comb += sig.eq(getattr(pads, name))
             else:
                 self.comb += getattr(pads, name).eq(sig)
