@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -200,6 +201,17 @@ class JobAccepted(BaseModel):
     replayed: bool = Field(False, description="True when an Idempotency-Key replayed this.")
 
 
+class RunAccepted(JobAccepted):
+    """A run's 202; with ``?wait=``, answered once it has finished (or at the wait's end),
+    ``status`` as it is then."""
+
+    result: RunResult | None = Field(
+        None,
+        description="With `?wait=`, once the run has finished (complete or failed): its "
+        "result, as `GET …/jobs/{job_id}/result` answers it. Absent otherwise.",
+    )
+
+
 class JobResponse(BaseModel):
     job_id: str
     fpga_id: int
@@ -238,6 +250,17 @@ class RunResult(BaseModel):
         description="An `ops` run only (absent otherwise): one entry per op run, in order, up "
         "to and including the one that failed.",
     )
+
+
+def result_json(status: str | None, stored: str | None, error: str | None) -> str | None:
+    """A finished job's result as the JSON it is served as (a run's as its worker stored
+    it; builds, resets and runs that never reached the bus made of their status and
+    error); None while it is queued or running, or if it was cancelled."""
+    if status not in (JobStatus.COMPLETE, JobStatus.FAILED):
+        return None
+    if stored is not None:
+        return stored
+    return json.dumps({"ok": status == JobStatus.COMPLETE, "data": [], "error": error})
 
 
 class MaintenanceRequest(StrictBody):

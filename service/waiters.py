@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -29,6 +29,8 @@ from fpgalab.service import keys
 from fpgalab.service.states import JobStatus
 
 log = logging.getLogger("fpgalab.api")
+
+T = TypeVar("T")
 
 #: The longest a request may wait for its job (seconds).
 MAX_WAIT = 30.0
@@ -78,6 +80,28 @@ class JobWaiters:
                 events.discard(event)
                 if not events:
                     del self._waiting[job_id]
+
+    async def until_finished(
+        self,
+        job_id: str,
+        wait: float,
+        read: Callable[[], Awaitable[T]],
+        finished: Callable[[T], bool],
+    ) -> T:
+        """``read()`` once the job has finished (``finished`` of what it read says so), or
+        as it is after ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        with self.watch(job_id) as woken:  # before the read: a finish after it wakes us
+            answer = await read()
+            while not finished(answer):
+                try:
+                    await asyncio.wait_for(woken.wait(), deadline - loop.time())
+                except TimeoutError:
+                    return await read()  # as it is at the deadline
+                woken.clear()
+                answer = await read()
+        return answer
 
     def _wake_all(self) -> None:
         for events in self._waiting.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 from typing import Annotated, Any
 
@@ -17,6 +18,8 @@ from fpgalab.service.deps import (
     IdempotencyKey,
     SettingsDep,
     StoreDep,
+    WaitersDep,
+    WaitSeconds,
 )
 from fpgalab.service.errors import (
     DesignRejected,
@@ -31,12 +34,15 @@ from fpgalab.service.models import (
     FPGASummary,
     JobAccepted,
     MaintenanceRequest,
+    RunAccepted,
     RunBody,
     RunOpsRequest,
     RunRequest,
     board_summary,
+    result_json,
 )
 from fpgalab.service.settings import Settings
+from fpgalab.service.waiters import FINISHED
 
 router = APIRouter(prefix="/fpga", tags=["fpga"], route_class=StrictJSONRoute)
 
@@ -122,7 +128,7 @@ async def submit(
 @router.post(
     "/{fpga_id}/run",
     status_code=202,
-    response_model=JobAccepted,
+    response_model=RunAccepted,
     responses=responses(
         "fpga_not_reserved", "not_session_owner", "session_mismatch", "idempotency_key_reused",
         "too_many_queued_jobs", "storage_budget_exceeded", *MUTATION_ERRORS,
@@ -134,15 +140,35 @@ async def run(
     store: StoreDep,
     settings: SettingsDep,
     actor: ActorDep,
+    waiters: WaitersDep,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+    wait: WaitSeconds = None,
+) -> Response:
     """Queue one Wishbone transaction, or several in order (``ops``) as one job; runs queue
-    behind each other in order."""
+    behind each other in order. With ``wait``, answered once the run has finished (or
+    after ``wait`` seconds): ``status`` as it is then, and ``result`` once finished."""
     if problem := _over_limits(request, settings):
         raise ValidationFailed("validation_error", problem)
     body = request.model_dump_json(exclude_none=True)
-    reply = await store.run(fpga_id, actor, body, idempotency_key)
-    return JobAccepted.model_validate(reply)
+    accepted = JobAccepted.model_validate(await store.run(fpga_id, actor, body, idempotency_key))
+    answer = accepted.model_dump_json()
+    if wait is not None:
+        job_id = accepted.job_id
+
+        async def read() -> list[str | None]:
+            return await store.job_fields(job_id, "status", "result", "error")
+
+        status, stored, error = await waiters.until_finished(
+            job_id, wait, read, lambda fields: fields[0] in FINISHED
+        )
+        result = result_json(status, stored, error)
+        # the result as stored (no parse and re-encode of 65k words), after the fields
+        answer = (
+            answer[:-1]
+            + f',"status":{json.dumps(status)}'
+            + (f',"result":{result}}}' if result is not None else "}")
+        )
+    return Response(answer, status_code=202, media_type="application/json")
 
 
 def _over_limits(request: RunRequest | RunOpsRequest, settings: Settings) -> str | None:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
@@ -22,12 +18,9 @@ from fpgalab.service.deps import (
 )
 from fpgalab.service.errors import Conflict, Forbidden, NotFound
 from fpgalab.service.handlers import MUTATION_ERRORS, responses
-from fpgalab.service.models import JobResponse, RunResult, job_response
-from fpgalab.service.states import JobStatus
+from fpgalab.service.models import JobResponse, RunResult, job_response, result_json
 from fpgalab.service.store import Actor, Store
-from fpgalab.service.waiters import FINISHED, JobWaiters
-
-T = TypeVar("T")
+from fpgalab.service.waiters import FINISHED
 
 router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
 
@@ -68,34 +61,11 @@ async def get_job(
     ``wait`` seconds with the job as it is then."""
     if wait is None:
         return await _job(store, fpga_id, job_id)
-    return await _once_finished(waiters, job_id, wait, lambda: _job(store, fpga_id, job_id), _done)
+    return await waiters.until_finished(job_id, wait, lambda: _job(store, fpga_id, job_id), _done)
 
 
 def _done(answer: JobResponse | _Stored) -> bool:
     return answer.status in FINISHED
-
-
-async def _once_finished(
-    waiters: JobWaiters,
-    job_id: str,
-    wait: float,
-    read: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-) -> T:
-    """``read()`` once the job has finished (``done`` of what it read says so), or as it
-    is after ``wait`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    with waiters.watch(job_id) as woken:  # before the read: a finish after it wakes us
-        answer = await read()
-        while not done(answer):
-            try:
-                await asyncio.wait_for(woken.wait(), deadline - loop.time())
-            except TimeoutError:
-                return await read()  # as it is at the deadline
-            woken.clear()
-            answer = await read()
-    return answer
 
 
 async def _job(store: Store, fpga_id: int, job_id: str) -> JobResponse:
@@ -147,12 +117,12 @@ async def get_result(
     if wait is None:
         stored = await read()
     else:
-        stored = await _once_finished(waiters, job_id, wait, read, _done)
-    status, result, error = stored.status, stored.result, stored.error
-    if status not in (JobStatus.COMPLETE, JobStatus.FAILED):
-        raise Conflict("job_not_complete", f"Job {job_id} is {status}; it has no result yet.")
-    if result is None:  # builds, resets, and runs that never reached the bus
-        result = json.dumps({"ok": status == JobStatus.COMPLETE, "data": [], "error": error})
+        stored = await waiters.until_finished(job_id, wait, read, _done)
+    result = result_json(stored.status, stored.result, stored.error)
+    if result is None:
+        raise Conflict(
+            "job_not_complete", f"Job {job_id} is {stored.status}; it has no result yet."
+        )
     # stored as the JSON it is served as: no parse and re-encode of 65k words
     return Response(result, media_type="application/json")
 

@@ -319,3 +319,64 @@ async def test_a_result_another_caller_waits_for_is_refused_at_once(
         r = await c.get(path, params={"wait": 31}, headers=alice)
         assert assert_error(r, 422, "validation_error")["message"].startswith("query.wait: ")
         backend.resume.set()
+
+
+# A run answered once done: its POST with ?wait= (one request for a read) ----------------
+
+
+async def test_a_waited_run_answers_with_its_result(lab: httpx.AsyncClient) -> None:
+    """``POST …/run?wait=`` answers 202 once the run has finished: the accepted body, the
+    job's final ``status`` and its ``result`` as ``GET …/result`` serves it."""
+    await reserve(lab, 0)
+    write = {"op": 1, "address": 0x100, "data": [7, 9]}
+    r = await lab.post("/fpga/0/run", json=write, params={"wait": 20})
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "complete" and r.json()["result"]["ok"] is True
+    r = await lab.post("/fpga/0/run", json={"op": 2, "address": 0x100, "length": 2},
+                       params={"wait": 20})  # fmt: skip
+    body = r.json()
+    assert r.status_code == 202 and body["status"] == "complete", r.text
+    assert body["result"] == {"ok": True, "data": [7, 9], "error": None}
+    stored = await lab.get(f"/fpga/0/jobs/{body['job_id']}/result")
+    assert stored.json() == body["result"]
+    assert set(body) == {"job_id", "fpga_id", "status", "session_id", "expires_at",
+                         "replayed", "result"}  # fmt: skip
+
+
+async def test_a_waited_run_that_fails_answers_its_failure(lab: httpx.AsyncClient) -> None:
+    """A bus error: ``status`` failed, and the result says where (an ``ops`` list: which)."""
+    await reserve(lab, 0)
+    ops = {"ops": [{"op": 1, "address": 0x100, "data": [1]}, {"op": 2, "address": 0xF000_0000}]}
+    r = await lab.post("/fpga/0/run", json=ops, params={"wait": 20})
+    body = r.json()
+    assert r.status_code == 202 and body["status"] == "failed", r.text
+    assert body["result"]["ok"] is False and body["result"]["error"].startswith("op 2 of 2: ")
+    assert [e["ok"] for e in body["result"]["results"]] == [True, False]
+
+
+async def test_a_waited_run_still_going_answers_without_a_result(
+    lab: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """At the wait's end a run still going is answered as it is (``running``), with no
+    ``result`` key; the result is then read as usual."""
+    await reserve(lab, 0)
+    backend.hold.add("transact")
+    started = time.monotonic()
+    r = await lab.post("/fpga/0/run", json=READ, params={"wait": 0.5})
+    assert r.status_code == 202 and time.monotonic() - started >= 0.5
+    assert r.json()["status"] == "running" and "result" not in r.json(), r.text
+    backend.resume.set()
+    done = await lab.get(f"/fpga/0/jobs/{r.json()['job_id']}/result", params={"wait": 20})
+    assert done.json()["ok"] is True
+
+
+async def test_a_waited_run_replayed_answers_the_same_job(lab: httpx.AsyncClient) -> None:
+    """A retry with the same Idempotency-Key (its answer was lost) makes no second job:
+    the replay waits for the first and answers its result."""
+    await reserve(lab, 0)
+    headers = {"Idempotency-Key": "read-once"}
+    first = await lab.post("/fpga/0/run", json=READ, params={"wait": 20}, headers=headers)
+    again = await lab.post("/fpga/0/run", json=READ, params={"wait": 20}, headers=headers)
+    assert again.json()["replayed"] is True
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["result"] == first.json()["result"]
