@@ -68,6 +68,7 @@ def typing(session: nox.Session) -> None:
     for package in PACKAGES:
         (tree / "fpgalab" / package).symlink_to(Path(package).resolve())
     (tree / "fpgalab" / "client").symlink_to(Path("service/client").resolve())
+    (tree / "fpgalab" / "__init__.py").symlink_to(Path("service/client/_top/__init__.py").resolve())
     session.run("mypy", env={"MYPYPATH": str(tree)})
 
 
@@ -76,10 +77,14 @@ def bench(session: nox.Session) -> None:
     """API latency/throughput beside a bare FastAPI endpoint, then the simulated lab
     (builds, reads, bulk words/s, memory) beside its raw baselines, then the hardware
     backend against a twin beside the simulated backend and UARTBone's ceilings, then
-    the build sandbox beside the same steps unsandboxed."""
+    the build sandbox beside the same steps unsandboxed, then the client (waiting vs
+    polling, one ops job vs a job each, a read as the client sees it vs on the lab, the
+    command's start-up vs python's) and the size of each install."""
     session.install("-e", ".[lab,test]")
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/sim_lab.py")
+    session.run("python", "benches/client.py")
+    session.run("python", "benches/install_size.py")
     session.run("python", "benches/hw_lab.py")
     session.run("python", "benches/sandbox.py")
 

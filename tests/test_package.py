@@ -123,5 +123,6 @@ def test_the_wheel_holds_one_top_level_name(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"fpgalab"}
+    assert "fpgalab/__init__.py" in names  # fpgalab.Client: a package, not a namespace
     assert "fpgalab/service/scripts/submit.lua" in names
     assert "fpgalab/hil/gateware/soc.py" in names and "fpgalab/sim/twins/xvc.py" in names

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+import fpgalab
 from fpgalab.hil import procs
 from fpgalab.hil.build import bundle
 from fpgalab.hil.build.cache import build_key, find_or_build
@@ -57,8 +58,12 @@ T = TypeVar("T")
 #: The hil package's folder: a build step imports what it needs from it (and from the
 #: Python environment), nothing else of the lab.
 HIL = Path(__file__).resolve().parents[1]
+#: The top of the import name (``fpgalab/__init__.py``, names only): every step that
+#: imports ``fpgalab.hil`` imports it first. (Installed from a wheel it is in the Python
+#: environment, which a step sees anyway; in a checkout it is a folder of its own.)
+PACKAGE_TOP = Path(fpgalab.__file__).resolve().parent
 #: The folders of ours a build step sees, read-only.
-CHILD_PACKAGES: tuple[Path, ...] = (HIL,)
+CHILD_PACKAGES: tuple[Path, ...] = (HIL,) if HIL.parent == PACKAGE_TOP else (HIL, PACKAGE_TOP)
 #: Our sources that shape every image: a change to any of them is a new cache key.
 SOURCES = tuple(HIL / name for name in (
     "gateware/soc.py", "gateware/config.py", "gateware/burst.py", "gateware/design.py",
