@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -322,3 +323,23 @@ try:
 except OSError as exc:
     print(type(exc).__name__)
 """
+
+
+def as_a_shell_starts_it() -> None:
+    """``preexec_fn`` for a child a test interrupts as a user would: Ctrl-C (SIGINT) with
+    its default action and no signal blocked, as an interactive shell starts a command,
+    whatever the test process's own threads hold."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def signal_masks(pid: int) -> str:
+    """A process's blocked, ignored and caught signals (``/proc/<pid>/status``), for a
+    failure message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"(no status: {exc})"
+    return " ".join(
+        line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+    )

@@ -22,7 +22,7 @@ import pytest
 
 from tests.client.conftest import ALICE, BOB, DESIGN, LiveLab, StartLab, board_state, wait_idle
 from tests.fakes import FakeBackend
-from tests.helpers import free_port
+from tests.helpers import as_a_shell_starts_it, free_port, signal_masks
 
 FPGALAB = shutil.which("fpgalab", path=str(Path(sys.executable).parent)) or shutil.which("fpgalab")
 #: What a design's log may hold that a terminal must never obey: a screen clear, a
@@ -268,12 +268,19 @@ def test_ctrl_c_through_a_pipe_leaves_the_job(held_lab: LiveLab, tmp_path: Path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_shell_starts_it,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    first = proc.stdout.readline()
-    assert proc.stderr.readline().strip() == "FPGA 7: queued"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=15)
+    with proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert proc.stderr.readline().strip() == "FPGA 7: queued"
+        masks = signal_masks(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"Ctrl-C did not stop the command ({masks})") from None
     assert proc.returncode == 130
     job_id = first.split()[1]
     assert f"interrupted; the build {job_id} goes on" in err

@@ -22,7 +22,7 @@ import pytest
 
 from fpgalab.client._local_lab import LocalLab
 from tests.client.conftest import ALICE, KEYS, LiveLab, StartLab
-from tests.helpers import REPO
+from tests.helpers import REPO, as_a_shell_starts_it, signal_masks
 
 REGRESSION = REPO / "docs" / "examples" / "regression"
 ACCUMULATOR = (REPO / "docs" / "examples" / "accumulator.py").read_text()
@@ -267,15 +267,19 @@ def test_long(fpga_board):
     proc = subprocess.Popen(
         [*PYTEST, "--fpgalab-url", sim_lab_url], cwd=folder,
         env=environment(**ONLY_NAMED_PLUGINS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        text=True, preexec_fn=as_a_shell_starts_it,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not (folder / "started").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
             time.sleep(0.1)
+        masks = signal_masks(proc.pid)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{sig.name} did not stop pytest ({masks})") from None
     finally:
         if proc.poll() is None:
             proc.kill()

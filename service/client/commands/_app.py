@@ -111,6 +111,9 @@ app = typer.Typer(
     cls=_Commands,
     help="The lab's client commands: boards, designs, bus reads and writes, logs, sessions. "
     "See docs/cli.md.",
+    epilog="The lab itself: fpgalab serve (API, worker and a private Redis), fpgalab api, "
+    "fpgalab worker, fpgalab twin; each needs the lab installed (pip install 'fpgalab[lab]') "
+    "and has its own -h.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
