@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # g++ and make compile the Verilator models of the simulated boards; openFPGALoader
 # programs real boards (and the twins, over XVC); bubblewrap sandboxes builds; tmux is
-# the real terminal the command line's tests drive
-APT_PACKAGES := redis-server g++ make perl openfpgaloader bubblewrap tmux
+# the real terminal the command line's tests drive, chromium the browser the dashboard's
+APT_PACKAGES := redis-server g++ make perl openfpgaloader bubblewrap tmux chromium chromium-driver
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k flow"`.
 PYTEST_ARGS ?=
 

@@ -12,9 +12,15 @@ from fastapi.routing import APIRoute
 from fpgalab.service import handlers
 from fpgalab.service.auth import KeyRing
 from fpgalab.service.bodylimit import MUTATING, BodyLimit
+from fpgalab.service.events import EventHub
 from fpgalab.service.guard import MutationGuard
 from fpgalab.service.head import HeadAsGet
-from fpgalab.service.routes import audit, boards, health, jobs, sessions
+from fpgalab.service.logfollow import LogNotices
+from fpgalab.service.metrics import ApiMetrics, RequestTimer
+from fpgalab.service.routes import audit, boards, health, jobs, sessions, ui
+from fpgalab.service.routes import events as event_routes
+from fpgalab.service.routes import login as login_routes
+from fpgalab.service.routes import metrics as metrics_route
 from fpgalab.service.settings import Settings
 from fpgalab.service.store import Store
 from fpgalab.service.waiters import JobWaiters
@@ -51,6 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.waiters = waiters = JobWaiters(store.redis)
         waiters.start()
+        # one reader of the event log for all GET /events clients, blocking half a deadline
+        app.state.events = event_hub = EventHub(
+            store.redis, settings.event_client_buffer, int(settings.redis_timeout * 500)
+        )
+        app.state.log_notices = log_notices = LogNotices(store.redis)
+        log_notices.start()
         if keyring.open:
             log.warning("no API keys configured: the lab is OPEN, every caller is an admin")
         else:
@@ -58,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await log_notices.close()
+            await event_hub.close()
             await waiters.close()
             await store.close()
 
@@ -72,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = keyring
     handlers.install(app)
-    modules = (health, boards, jobs, sessions, audit)
+    modules = (health, boards, jobs, sessions, audit, ui, event_routes, login_routes)
     mutating = [
         route
         for module in modules
@@ -85,4 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)
     for module in modules:
         app.include_router(module.router)
+    # GET /metrics, and every request timed by route (outermost: refusals count too)
+    app.state.metrics = api_metrics = ApiMetrics()
+    app.include_router(metrics_route.router)
+    routes = [r for m in (*modules, metrics_route) for r in m.router.routes]
+    app.add_middleware(RequestTimer, metrics=api_metrics, routes=routes)
     return app

@@ -71,6 +71,16 @@ class KeyRing:
                 found = caller
         return found
 
+    def digest_of(self, name: str) -> bytes | None:
+        """The digest of ``name``'s key (what a login token is signed under), if known."""
+        for digest, caller in self._by_digest.items():
+            if caller.name == name:
+                return digest
+        return None
+
+    def caller_named(self, name: str) -> Caller | None:
+        return next((c for c in self._by_digest.values() if c.name == name), None)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
         entries = parse_entries(settings.api_keys.split(","), "FPGALAB_API_KEYS")

@@ -133,6 +133,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             os.getpid(),
         )
     boards = _boards(args, settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:  # this process's process_* and python_* metrics, in a thread of their own
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+        except OSError as exc:
+            log.error("metrics port %d: %s", settings.worker_metrics_port, exc)
+            return 2
+        log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host,
+                 settings.worker_metrics_port)  # fmt: skip
     try:
         backend = get_backend(settings.backend, **backend_options(settings))
     except (UnknownBackend, BackendUnavailable) as exc:
@@ -288,9 +298,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     assert settings.redis_url is not None
     boards = ",".join(map(str, served))
     lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
+    port = settings.worker_metrics_port
+    metrics = ["--metrics-port", str(port)] if port else []
     worker = subprocess.Popen(
         [sys.executable, "-m", "fpgalab.service.cli", "worker", "--boards", boards,
-         "--backend", settings.backend, *lab],
+         "--backend", settings.backend, *lab, *metrics],
         env=worker_env(settings.redis_url), preexec_fn=child_dies_with_parent,
     )  # fmt: skip
     worker_failed = threading.Event()
@@ -362,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(serve)
     http(serve)
     lab(serve)
+    serve.add_argument("--worker-metrics-port", type=int, metavar="PORT",
+                       help="its worker's metrics port (FPGALAB_WORKER_METRICS_PORT)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     api = sub.add_parser("api", help="the REST API alone (one replica)")
@@ -372,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a worker for some boards")
     common(worker)
     lab(worker)
+    worker.add_argument("--metrics-port", dest="worker_metrics_port", type=int, metavar="PORT",
+                        help="serve this worker's process metrics on this port, at /metrics "
+                        "(FPGALAB_WORKER_METRICS_PORT; default: none)")  # fmt: skip
+    worker.add_argument("--metrics-host", dest="worker_metrics_host", metavar="ADDRESS",
+                        help="the address they listen on (default 127.0.0.1)")  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     twin = sub.add_parser("twin", help="simulated boards that the hardware backend drives")

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader
 
+from fpgalab.service import login
 from fpgalab.service.auth import Caller, KeyRing
 from fpgalab.service.errors import Forbidden, InvalidApiKey
 from fpgalab.service.settings import Settings
@@ -35,6 +36,10 @@ async def get_waiters(request: Request) -> JobWaiters:
 async def get_caller(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> Caller:
     keyring: KeyRing = request.app.state.keyring
     caller = keyring.lookup(key)
+    if caller is None and not key and request.method in ("GET", "HEAD"):
+        # a browser's login cookie (service.login): for reads only
+        secret = request.app.state.settings.login_secret
+        caller = login.verify(keyring, request.cookies.get(login.COOKIE), secret)
     if caller is None:
         raise InvalidApiKey(
             "invalid_api_key", "A valid X-API-Key header is required." if not key

@@ -6,7 +6,7 @@ fpgalab:board:{id}:queued     set    ids of this board's queued jobs
 fpgalab:board:{id}:owner      string worker id holding the board (TTL = heartbeat)
 fpgalab:board:{id}:memory-map string csr.json of the SoC on the board now
 fpgalab:job:{job_id}          hash   the job record (request, status, result)
-fpgalab:job:{job_id}:log      stream log lines, field ``l``
+fpgalab:job:{job_id}:log      stream log lines, field ``l``; entry ``0-N`` is line N
 fpgalab:job:{job_id}:design   string the uploaded design bytes
 fpgalab:build:{key}:callers   set    callers who built (or were given) a build, so that a
                                      build cache hit is told only to them (TTL: retention)
@@ -24,7 +24,11 @@ fpgalab:unknown:due           zset   address -> when its refused calls become on
 fpgalab:audit                 stream one entry per mutating call (capped, MAXLEN ~)
 fpgalab:worker:{wid}          string alive marker (TTL = heartbeat)
 fpgalab:idem:{caller}:{key}   string stored 202 answer of an idempotent request
+fpgalab:metrics               hash   lab-wide counters and histograms for GET /metrics
+                                     (service.measures)
 fpgalab:events                pubsub board and job changes
+fpgalab:logs                  pubsub ids of jobs whose log grew (one message per append)
+fpgalab:eventlog              stream the same changes, kept (capped, MAXLEN ~): GET /events
 """
 
 from __future__ import annotations
@@ -51,14 +55,25 @@ TEMPLATES = {
 RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
+EVENT_LOG = f"{PREFIX}:eventlog"
 AUDIT = f"{PREFIX}:audit"
+#: Channel told a job's id each time lines are appended to its log (live logs).
+LOG_NOTICES = f"{PREFIX}:logs"
 UNKNOWN_REFUSED = f"{PREFIX}:unknown:refused"
 UNKNOWN_DUE = f"{PREFIX}:unknown:due"
+METRICS = f"{PREFIX}:metrics"
 
 
 def lua_layout() -> dict[str, str]:
     """What the Lua scripts' prelude receives: the templates and the lab-wide keys."""
-    return {**TEMPLATES, "running": RUNNING, "expiry": SESSION_EXPIRY, "events": EVENTS}
+    return {
+        **TEMPLATES,
+        "running": RUNNING,
+        "expiry": SESSION_EXPIRY,
+        "events": EVENTS,
+        "eventlog": EVENT_LOG,
+        "metrics": METRICS,
+    }
 
 
 def _key(kind: str, thing: object) -> str:

@@ -1,8 +1,8 @@
 """The Lua scripts that change lab state atomically on the Redis server.
 
 Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
-transition table and the number of boards from ``service.states``, and the key layout
-from ``service.keys``, substituted in) and registered once;
+transition table and the number of boards from ``service.states``, the key layout
+from ``service.keys`` and the event log's cap, substituted in) and registered once;
 redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
 """
 
@@ -18,6 +18,7 @@ from redis.commands.core import AsyncScript
 
 from fpgalab.service import keys
 from fpgalab.service.errors import lab_error
+from fpgalab.service.measures import DURATION_BUCKETS
 from fpgalab.service.states import NUM_BOARDS, transitions_json
 
 #: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
@@ -42,8 +43,12 @@ NAMES = (
 )
 
 
+#: Entries the event log keeps when no setting says (``event_log_max_entries``).
+DEFAULT_EVENT_LOG_MAX = 50_000
+
+
 @cache
-def source(name: str) -> str:
+def source(name: str, event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> str:
     folder = Path(__file__).parent / "scripts"
     body = (folder / f"{name}.lua").read_text()
     if name in STANDALONE:
@@ -51,15 +56,17 @@ def source(name: str) -> str:
     lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
     lib = lib.replace("@NUM_BOARDS@", str(NUM_BOARDS))
     lib = lib.replace("@LAYOUT@", json.dumps(keys.lua_layout()))
+    lib = lib.replace("@BUCKETS@", json.dumps(DURATION_BUCKETS))
+    lib = lib.replace("@EVENTLOG_MAX@", str(int(event_log_max)))
     return lib + "\n" + body
 
 
 class Scripts:
     """The registered scripts of one Redis client, called by name."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name)) for name in NAMES
+            name: redis.register_script(source(name, event_log_max)) for name in NAMES
         }
 
     async def call(self, name: str, *args: Any, keys: tuple[str, ...] = ()) -> Any:

@@ -263,6 +263,11 @@ def result_json(status: str | None, stored: str | None, error: str | None) -> st
     return json.dumps({"ok": status == JobStatus.COMPLETE, "data": [], "error": error})
 
 
+class WhoAmI(BaseModel):
+    name: str = Field(description="The caller's name (`anonymous` in an open lab).")
+    admin: bool
+
+
 class MaintenanceRequest(StrictBody):
     reason: str | None = Field(None, max_length=500, description="Shown as the health reason.")
 

@@ -26,8 +26,9 @@ from fpgalab.service.audit import AuditRecord
 from fpgalab.service.lua import Scripts
 from fpgalab.service.settings import Settings
 
-#: The keys every call of the script takes, before the bucket's own.
-_KEYS = (keys.AUDIT, keys.UNKNOWN_REFUSED, keys.UNKNOWN_DUE)
+#: The keys every call of the script takes, before the bucket's own (the last: the lab's
+#: counters, where refusals are counted for ``GET /metrics``).
+_KEYS = (keys.AUDIT, keys.UNKNOWN_REFUSED, keys.UNKNOWN_DUE, keys.METRICS)
 
 
 class RateLimiter:

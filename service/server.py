@@ -196,5 +196,7 @@ def config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.Config:
         proxy_headers=False,
         server_header=False,
         lifespan="on",
+        # open streams would otherwise hold a stopping API for ever
+        timeout_graceful_shutdown=options.pop("timeout_graceful_shutdown", settings.shutdown_grace),
         **options,
     )

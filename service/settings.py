@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     own_board_rate_limit_burst: int = Field(default=500, gt=0)
     #: Audit records kept (the Redis Stream is trimmed to about this many).
     audit_max_entries: int = Field(default=100_000, gt=0)
+    #: Board and job events kept for ``GET /events`` to replay (the Redis Stream is
+    #: trimmed to about this many); a client resuming from an older one is told of the gap.
+    event_log_max_entries: int = Field(default=50_000, gt=0)
+    #: Events one ``GET /events`` client may have waiting to be sent; a client that falls
+    #: this far behind is told where it stands (``lagged``) and disconnected.
+    event_client_buffer: int = Field(default=1000, gt=0)
+    #: Secret that signs the dashboard's login cookie (``POST /login``); empty: one is
+    #: derived from the lab's API keys, so a changed key ends the logins made with it.
+    login_secret: str = Field(default="", repr=False)
+    #: Seconds a login cookie is valid.
+    login_ttl: int = Field(default=12 * 3600, gt=0)
     #: Mutating calls with an unknown (or no) API key one client address may make per
     #: second, sustained, each audited; past them: 429, counted. 0: no limit.
     unknown_key_rate_limit: float = Field(default=0.1, ge=0)
@@ -142,6 +153,14 @@ class Settings(BaseSettings):
     #: Seconds between housekeeping passes (session expiry, lost jobs).
     housekeeping_interval: float = Field(default=1.0, gt=0)
 
+    #: ``GET /metrics`` without an API key (a Prometheus that scrapes without one). Off:
+    #: it needs a key, as every read does (X-API-Key, or ``Authorization: Bearer KEY``).
+    #: Either way it shows no key and no caller's name (docs/operations.md, "Metrics").
+    metrics_public: bool = False
+    #: The port of the worker's own metrics (its process, ``fpgalab worker``); 0: none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: The address the worker's metrics listen on.
+    worker_metrics_host: str = "127.0.0.1"
     host: str = "127.0.0.1"
     port: int = 8000
     #: Largest request line and headers together (bytes); a longer head is answered 431.
@@ -149,6 +168,10 @@ class Settings(BaseSettings):
     #: Seconds a client has to send a request's line and headers, from connecting or from
     #: the previous answer; a connection still sending them then is answered 408, closed.
     header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a stopping API lets open requests finish before it ends them: event and
+    #: log streams (which never end by themselves) and waits (``?wait=``); their clients
+    #: resume (``Last-Event-ID``) or ask again, from this replica or another.
+    shutdown_grace: float = Field(default=5.0, gt=0)
 
     @field_validator("redis_password_file")
     @classmethod

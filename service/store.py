@@ -70,7 +70,7 @@ class Store:
         # Any: redis-py types replies as bytes | str; with decode_responses they are str
         self.redis: Any = redis
         self.settings = settings
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, settings.event_log_max_entries)
         self.rate_limiter = RateLimiter(self.scripts, settings)
         self.audit = AuditLog(
             self.redis, settings.audit_max_entries, flush=self.rate_limiter.flush_counts
@@ -147,6 +147,24 @@ class Store:
     async def logs(self, job_id: str) -> list[str]:
         entries = await self.redis.xrange(keys.log(job_id))
         return [fields["l"] for _, fields in entries]
+
+    async def log_since(
+        self, job_id: str, after: int, count: int
+    ) -> tuple[str | None, str | None, list[tuple[int, str]]]:
+        """The job's status and error, then (read after them, in the same round trip)
+        ``log_lines(job_id, after, count)``."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.job(job_id), ["status", "error"])
+        pipe.xrange(keys.log(job_id), f"(0-{after}", "0", count=count)
+        (status, error), entries = await pipe.execute()
+        return status, error, _numbered(entries)
+
+    async def log_lines(self, job_id: str, after: int, count: int) -> list[tuple[int, str]]:
+        """Up to ``count`` lines of the job's log numbered past ``after``, with their
+        numbers (line N is entry ``0-N``: see ``append.lua``); lines trimmed off the log's
+        start are skipped. A log begun before line numbers has none: it is not read."""
+        entries = await self.redis.xrange(keys.log(job_id), f"(0-{after}", "0", count=count)
+        return _numbered(entries)
 
     async def memory_map(self, fpga_id: int) -> tuple[str, str | None, str | None]:
         """(board state, session owner, csr.json or None), in one round trip, read
@@ -301,6 +319,8 @@ class Store:
 
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         ttl_ms = int(self.settings.worker_heartbeat_ttl * 1000)
+        # its TTL in it: a scrape tells the heartbeat's age from what is left of it
+        info = {**info, "ttl": self.settings.worker_heartbeat_ttl}
         await self.redis.set(keys.worker(worker_id), json.dumps(info), px=ttl_ms)
 
     async def drop_worker(self, worker_id: str, boards: Iterable[int]) -> None:
@@ -396,10 +416,13 @@ class Store:
         result: str = "",
         health: str = "",
         health_reason: str = "",
+        measured: str = "",
     ) -> dict[str, Any]:
+        """``measured``: what the worker timed (JSON, ``service.measures``), counted with
+        the job's end."""
         return await self.scripts.call(
             "finish", job_id, worker_id, status, event, error, result, health, health_reason,
-            self.settings.job_retention, self.settings.storage_budget_window,
+            self.settings.job_retention, self.settings.storage_budget_window, measured,
         )  # fmt: skip
 
     async def append_logs(self, job_id: str, lines: Sequence[str]) -> None:
@@ -407,6 +430,11 @@ class Store:
         s = self.settings
         for start in range(0, len(lines), _APPEND_BATCH):
             await self.scripts.call(
-                "append", job_id, s.max_log_lines, s.storage_budget_window,
+                "append", job_id, s.max_log_lines, s.storage_budget_window, keys.LOG_NOTICES,
                 *lines[start : start + _APPEND_BATCH],
             )  # fmt: skip
+
+
+def _numbered(entries: list[tuple[str, dict[str, str]]]) -> list[tuple[int, str]]:
+    """Log stream entries as (line number, line): entry ``0-N`` is line N."""
+    return [(int(entry_id.partition("-")[2]), fields["l"]) for entry_id, fields in entries]

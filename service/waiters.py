@@ -50,11 +50,16 @@ class JobWaiters:
         self._redis = redis
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
+        self._closing = False
         self._task = asyncio.create_task(self._listen(), name="job-waiters")
 
     async def close(self) -> None:
+        # a flag as well as cancel(): on Python 3.11 a cancellation that lands as a read
+        # of the subscription completes can be swallowed (CPython gh-86296)
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,11 +124,11 @@ class JobWaiters:
                 waiter.set()
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.EVENTS)
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(timeout=_POLL)
                         if message is None:
                             continue

@@ -204,6 +204,8 @@ class Worker:
         self._busy: set[int] = set()  # boards with a job in hand
         self._lost: set[int] = set()  # boards another worker took over
         self._in_hand: set[str] = set()  # jobs being taken or run, until their end is written
+        # what the job in hand on each board timed, counted with its end (GET /metrics)
+        self._measured: dict[int, dict[str, Any]] = {}
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -415,6 +417,7 @@ class Worker:
             return
         joblog = JobLog(self.store, job_id)
         joblog.start()
+        self._measured[board] = {"seconds": {}}
         try:
             outcome = await self._execute(board, job, joblog)
         except Exception as exc:  # a bug of ours: fail the job, keep the worker
@@ -427,14 +430,17 @@ class Worker:
             )  # fmt: skip
         finally:
             await joblog.close()
-        await self._record(job_id, outcome, joblog)
+        await self._record(job_id, outcome, joblog, self._measured.pop(board, {}))
         if outcome.health:  # the job just checked the board
             self._last_health[board] = time.monotonic()
 
-    async def _record(self, job_id: str, outcome: Outcome, joblog: JobLog) -> None:
+    async def _record(
+        self, job_id: str, outcome: Outcome, joblog: JobLog, measured: dict[str, Any]
+    ) -> None:
         """Write the job's last log lines and its end, however long Redis is away: only
         this worker knows the outcome, and nobody fails the job of a live worker."""
         attempts = 0
+        timings = json.dumps(measured) if measured.get("seconds") or "cache" in measured else ""
 
         async def write() -> dict[str, Any]:
             nonlocal attempts
@@ -442,7 +448,7 @@ class Worker:
             await joblog.flush()
             return await self.store.finish(
                 job_id, self.id, outcome.status, outcome.event or "", outcome.error,
-                outcome.result, outcome.health or "", outcome.health_reason,
+                outcome.result, outcome.health or "", outcome.health_reason, timings,
             )  # fmt: skip
 
         reply = await self._patiently(f"job {job_id}: its end", write)
@@ -476,7 +482,8 @@ class Worker:
         joblog(f"fpgalab: building {design.filename} ({size} bytes, sha256 {digest})")
         started = time.monotonic()
         build = await self._in_thread(self.backend.build, design, joblog)
-        took = time.monotonic() - started
+        took = self._took(board, "build", started)
+        self._measured[board]["cache"] = "hit" if build.cached else "miss"
         # A cache hit on somebody else's build must not tell this caller that somebody
         # built the same design: said only to a caller who had this build before.
         caller = job.get("owner", "")
@@ -489,16 +496,22 @@ class Worker:
         else:
             joblog(f"fpgalab: build done in {took:.2f} s")
         joblog(f"fpgalab: programming board {board}")
+        started = time.monotonic()
         await self._in_thread(self.backend.program, board, build, joblog)
+        self._took(board, "program", started)
         await self._save_memory_map(board)
         joblog(f"fpgalab: board {board} programmed; reserved for this session")
         return Outcome(JobStatus.COMPLETE, Event.BUILD_OK)
 
     async def _run(self, board: int, job: dict[str, str]) -> Outcome:
         request = json.loads(job["request"])
+        started = time.monotonic()
         if "ops" in request:
-            return await self._run_ops(board, [_transaction(op) for op in request["ops"]])
+            outcome = await self._run_ops(board, [_transaction(op) for op in request["ops"]])
+            self._took(board, "run", started)
+            return outcome
         result = await self._in_thread(self.backend.transact, board, _transaction(request))
+        self._took(board, "run", started)
         error = one_line(result.error) if result.error is not None else None
         body = json.dumps({"ok": result.ok, "data": result.data, "error": error})
         if result.ok:
@@ -527,13 +540,21 @@ class Worker:
 
     async def _reset(self, board: int, joblog: JobLog) -> Outcome:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
+        started = time.monotonic()
         await self._in_thread(self.backend.reset, board, joblog)
+        self._took(board, "reset", started)
         await self._save_memory_map(board)
         health, reason = await self._check_health(board)
         joblog(
             f"fpgalab: board {board} reset; health {health.value}{': ' + reason if reason else ''}"
         )
         return Outcome(JobStatus.COMPLETE, Event.RESET_OK, health=health, health_reason=reason)
+
+    def _took(self, board: int, phase: str, started: float) -> float:
+        """The seconds since ``started``, noted as the job's ``phase`` (service.measures)."""
+        took = time.monotonic() - started
+        self._measured.setdefault(board, {}).setdefault("seconds", {})[phase] = took
+        return took
 
 
 def _transaction(request: dict[str, Any]) -> Transaction:

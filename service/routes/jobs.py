@@ -1,12 +1,20 @@
-"""Jobs of a board: status (at once, or once finished), logs, result, cancel."""
+"""Jobs of a board: status (at once, or once finished), logs (whole, or streamed as
+they grow), result, cancel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
+from fastapi.sse import EventSourceResponse
+from starlette.routing import Match
+from starlette.types import Scope
 
+from fpgalab.service import logfollow
 from fpgalab.service.deps import (
     ActorDep,
     CallerDep,
@@ -18,6 +26,7 @@ from fpgalab.service.deps import (
 )
 from fpgalab.service.errors import Conflict, Forbidden, NotFound
 from fpgalab.service.handlers import MUTATION_ERRORS, responses
+from fpgalab.service.logfollow import LogNotices
 from fpgalab.service.models import JobResponse, RunResult, job_response, result_json
 from fpgalab.service.store import Actor, Store
 from fpgalab.service.waiters import FINISHED
@@ -74,11 +83,79 @@ async def _job(store: Store, fpga_id: int, job_id: str) -> JobResponse:
     return job_response(record)
 
 
+class _Streamed(APIRoute):
+    """A route taken only by a request that asks for a stream (``Accept:
+    text/event-stream``, or ``?follow=true``); any other goes on to the next route of
+    the same path: the plain-text log stays what it was."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.NONE or _wants_stream(scope):
+            return match, child
+        return Match.NONE, {}
+
+
+def _wants_stream(scope: Scope) -> bool:
+    accept = b",".join(v for k, v in scope.get("headers", ()) if k == b"accept")
+    if b"text/event-stream" in accept.lower():
+        return True
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+    return any(k == "follow" and v.lower() in ("1", "true", "yes", "on") for k, v in query)
+
+
+async def _readable_log(fpga_id: FpgaId, job_id: JobId, store: StoreDep, actor: ActorDep) -> str:
+    """The job's id, once the caller may read its log: checked before a stream starts."""
+    owner, session_id = await _fields(store, fpga_id, job_id, "owner", "session_id")
+    _check_reader(actor, owner, session_id, job_id)
+    return job_id
+
+
+async def _notices(request: Request) -> LogNotices:
+    return request.app.state.log_notices  # type: ignore[no-any-return]
+
+
+async def stream_logs(
+    job_id: Annotated[str, Depends(_readable_log)],
+    store: StoreDep,
+    waiters: WaitersDep,
+    notices: Annotated[LogNotices, Depends(_notices)],
+    last_event_id: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this line.")
+    ] = None,
+    after: Annotated[int, Query(ge=0, description="Start after this line number.")] = 0,
+    follow: Annotated[bool, Query(description="Stream, as Accept: text/event-stream.")] = False,
+) -> EventSourceResponse:
+    """The log as Server-Sent Events: see ``get_logs``."""
+    # an EventSource resends its first URL (with its ?after=) and the id it last saw
+    start = after if last_event_id is None else last_event_id
+    events = logfollow.follow(store, waiters, notices, job_id, start)
+    # as fastapi.sse's generator routes answer, but a chunk of events per write
+    return EventSourceResponse(
+        events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+# before the plain route: it is tried first, and steps aside for a plain request
+router.add_api_route(
+    "/{job_id}/logs",
+    stream_logs,
+    methods=["GET"],
+    route_class_override=_Streamed,
+    include_in_schema=False,  # documented as a form of the plain route's answer
+)
+
+
 @router.get(
     "/{job_id}/logs",
     response_class=PlainTextResponse,
     responses={
-        200: {"content": {"text/plain": {}}, "description": "The job's log so far."},
+        200: {
+            "content": {"text/plain": {}, "text/event-stream": {}},
+            "description": "The job's log so far; or, asked for with `Accept: "
+            "text/event-stream` (or `?follow=true`), its lines as they come as "
+            "Server-Sent Events (`id:` the line's number; `Last-Event-ID` or `?after=N` "
+            "resumes after line N), then one `end` event with the job's status.",
+        },
         **responses("job_not_found", "not_session_owner", "session_mismatch", text_route=True),
     },
 )

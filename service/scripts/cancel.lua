@@ -29,6 +29,6 @@ cancel_job(job_id, id, 'cancelled by ' .. caller, t, retention)
 if jtype == 'build_and_program' then
   transition(id, 'cancel_build', t)
   close_session(id)
-  redis.call('HDEL', board_key(id), 'current_job_id')
+  clear_current_job(id, nil)
 end
 return ok({job_id = job_id, status = 'cancelled'})

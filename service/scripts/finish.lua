@@ -1,7 +1,7 @@
 -- A worker ends a job it holds; applies the board event and health it reports.
 -- Returns {stale = true} if the job is no longer this worker's (declared lost).
 -- ARGV: job_id worker_id status event error result health health_reason retention
---       storage_window
+--       storage_window measured (JSON of the worker's timings, for GET /metrics; '': none)
 local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local window = tonumber(ARGV[10])
@@ -12,6 +12,8 @@ end
 local id = hget(k, 'fpga_id')
 local t = now()
 redis.call('HSET', k, 'status', status, 'updated_at', t, 'finished_at', t)
+job_ended(k, status)
+record_measures(ARGV[11])
 if err ~= '' then redis.call('HSET', k, 'error', err) end
 if result ~= '' then redis.call('HSET', k, 'result', result) end
 charge(hget(k, 'owner'), #err + #result, window, t)
@@ -20,10 +22,10 @@ drop_entry(id, hget(k, 'entry_id'))
 finish_keys(job_id, retention)
 local b = board_key(id)
 if event ~= '' then transition(id, event, t) end
-if hget(b, 'current_job_id') == job_id then redis.call('HDEL', b, 'current_job_id') end
+clear_current_job(id, job_id)
 if health ~= '' then redis.call('HSET', b, 'health_checked_by', wid) end
 if health ~= '' and hget(b, 'health') ~= 'maintenance' then
-  redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+  set_health(id, health, reason, t)
 end
-publish('job', {job_id = job_id, fpga_id = tonumber(id), status = status})
+job_event(job_id, id, status)
 return ok({state = board_state(id)})

@@ -10,7 +10,9 @@ if mode == 'check' then redis.call('HSET', b, 'health_checked_by', wid) end
 if mode == 'check' and current == 'maintenance' then return ok({health = current}) end
 if mode == 'online' and current ~= 'maintenance' then return ok({health = current}) end
 local t = now()
-if not hget(b, 'state') then redis.call('HSET', b, 'state', 'idle', 'updated_at', t) end
-redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
-publish('board', {fpga_id = tonumber(id), health = health})
+if not hget(b, 'state') then
+  redis.call('HSET', b, 'state', 'idle', 'updated_at', t)
+  board_event(id, {state = 'idle'})
+end
+set_health(id, health, reason, t)
 return ok({health = health})

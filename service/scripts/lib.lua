@@ -24,14 +24,8 @@ local function caller_queued_key(name) return key('caller_queued', name) end
 local RUNNING = LAYOUT.running
 local EXPIRY = LAYOUT.expiry
 local EVENTS = LAYOUT.events
-
-local function fail(code, message)
-  return cjson.encode({err = code, message = message})
-end
-
-local function ok(value)
-  return cjson.encode({ok = value})
-end
+local EVENTLOG = LAYOUT.eventlog
+local EVENTLOG_MAX = @EVENTLOG_MAX@
 
 local function hget(key, field)
   local v = redis.call('HGET', key, field)
@@ -43,9 +37,71 @@ local function board_state(id)
   return hget(board_key(id), 'state') or 'idle'
 end
 
+-- One change of the lab, at the server's time: appended to the event log (the stream
+-- GET /events reads, capped at about EVENTLOG_MAX entries) and published on EVENTS
+-- (which wakes ?wait= requests), by the script that makes the change: an event is never
+-- lost, nor out of order with the state it reports.
 local function publish(kind, fields)
   fields.kind = kind
-  redis.call('PUBLISH', EVENTS, cjson.encode(fields))
+  fields.at = now()
+  local body = cjson.encode(fields)
+  redis.call('XADD', EVENTLOG, 'MAXLEN', '~', EVENTLOG_MAX, '*', 'e', body)
+  redis.call('PUBLISH', EVENTS, body)
+end
+
+-- A board's changes in this script call, merged into one `board` event per board and
+-- published when the script answers ok(): fields as {state, event, health,
+-- health_reason, session ('opened', 'renewed', 'ended'), session_owner,
+-- session_expires_at, current_job_id (null: none)}, only those that changed.
+local board_changes, board_order = {}, {}
+
+local function board_event(id, fields)
+  local e = board_changes[id]
+  if not e then
+    e = {fpga_id = tonumber(id)}
+    board_changes[id] = e
+    board_order[#board_order + 1] = id
+  end
+  for field, value in pairs(fields) do e[field] = value end
+end
+
+local function job_event(job_id, id, status)
+  local k = job_key(job_id)
+  local fields = {job_id = job_id, fpga_id = tonumber(id), status = status,
+                  type = hget(k, 'type'), owner = hget(k, 'owner')}
+  if status == 'failed' or status == 'cancelled' then fields.error = hget(k, 'error') end
+  publish('job', fields)
+end
+
+local function fail(code, message)
+  return cjson.encode({err = code, message = message})
+end
+
+local function ok(value)
+  for _, id in ipairs(board_order) do publish('board', board_changes[id]) end
+  board_changes, board_order = {}, {}
+  return cjson.encode({ok = value})
+end
+
+local function set_current_job(id, job_id)
+  redis.call('HSET', board_key(id), 'current_job_id', job_id)
+  board_event(id, {current_job_id = job_id})
+end
+
+-- The board's current job is no longer `job_id` (if it was: nil clears whatever it is).
+local function clear_current_job(id, job_id)
+  local current = hget(board_key(id), 'current_job_id')
+  if current and (job_id == nil or current == job_id) then
+    redis.call('HDEL', board_key(id), 'current_job_id')
+    board_event(id, {current_job_id = cjson.null})
+  end
+end
+
+local function set_health(id, health, reason, t)
+  local b = board_key(id)
+  local changed = hget(b, 'health') ~= health or (hget(b, 'health_reason') or '') ~= reason
+  redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+  if changed then board_event(id, {health = health, health_reason = reason}) end
 end
 
 -- Apply `event` to board `id` through the table; returns (old, new) or (old, nil).
@@ -55,7 +111,7 @@ local function transition(id, event, t)
   local target = row and row[event]
   if target then
     redis.call('HSET', board_key(id), 'state', target, 'updated_at', t)
-    publish('board', {fpga_id = tonumber(id), state = target, event = event})
+    board_event(id, {state = target, event = event})
   end
   return state, target
 end
@@ -64,6 +120,7 @@ local SESSION_FIELDS = {'session_id', 'session_owner', 'session_created_at',
                         'session_expires_at', 'session_max_expires_at'}
 
 local function close_session(id)
+  if hget(board_key(id), 'session_id') then board_event(id, {session = 'ended'}) end
   redis.call('HDEL', board_key(id), unpack(SESSION_FIELDS))
   redis.call('ZREM', EXPIRY, id)
 end
@@ -101,7 +158,7 @@ local function new_job(job_id, id, jtype, owner, session_id, t, extra)
   redis.call('HSET', k, 'entry_id', entry)
   redis.call('SADD', queued_key(id), job_id)
   redis.call('SADD', caller_queued_key(owner), job_id)
-  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'queued'})
+  job_event(job_id, id, 'queued')
   return {job_id = job_id, fpga_id = tonumber(id), status = 'queued'}
 end
 
@@ -153,13 +210,53 @@ local function queue_full(id, caller, per_board, per_caller)
   return nil
 end
 
+-- Lab-wide counters and histograms for GET /metrics (service/measures.py): one hash,
+-- updated by the call that makes the change counted. A histogram keeps per-bucket counts
+-- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf), its sum and count.
+local METRICS = LAYOUT.metrics
+local BUCKETS = cjson.decode('@BUCKETS@')
+
+local function count(field)
+  redis.call('HINCRBY', METRICS, field, 1)
+end
+
+local function observe(name, labels, value)
+  value = tonumber(value)
+  if not value or value < 0 then return end
+  local i = #BUCKETS + 1
+  for j, bound in ipairs(BUCKETS) do
+    if value <= bound then i = j; break end
+  end
+  local base = name .. '|' .. labels .. '|'
+  redis.call('HINCRBY', METRICS, base .. i, 1)
+  redis.call('HINCRBY', METRICS, base .. 'count', 1)
+  redis.call('HINCRBYFLOAT', METRICS, base .. 'sum', value)
+end
+
+-- Job `k` ended: outcome is its final status, or 'lost'.
+local function job_ended(k, outcome)
+  count('jobs_finished|' .. (hget(k, 'type') or '') .. ',' .. outcome)
+end
+
+-- What a worker measured of a job (JSON: {seconds = {phase = s}, cache = 'hit'|'miss'}).
+local function record_measures(measured)
+  if not measured or measured == '' then return end
+  local m = cjson.decode(measured)
+  local cache = m.cache or ''
+  if cache ~= '' then count('build_cache|' .. cache) end
+  for phase, seconds in pairs(m.seconds or {}) do
+    observe(phase, phase == 'build' and cache or '', seconds)
+  end
+end
+
 local function cancel_job(job_id, id, reason, t, retention)
   local k = job_key(job_id)
   redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
   unqueue(job_id, id)
   drop_entry(id, hget(k, 'entry_id'))
   finish_keys(job_id, retention)
-  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'cancelled'})
+  job_ended(k, 'cancelled')
+  job_event(job_id, id, 'cancelled')
 end
 
 -- Idempotency: a stored answer for this caller and key, checked against the request.

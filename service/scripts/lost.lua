@@ -10,14 +10,15 @@ if hget(k, 'worker') ~= wid then return ok({lost = false}) end
 local id = hget(k, 'fpga_id')
 local t = now()
 redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t, 'error', message)
+job_ended(k, 'lost')
 redis.call('ZREM', RUNNING, job_id)
 drop_entry(id, hget(k, 'entry_id'))
 finish_keys(job_id, retention)
 local b = board_key(id)
 transition(id, 'worker_lost', t)
-if hget(b, 'current_job_id') == job_id then redis.call('HDEL', b, 'current_job_id') end
+clear_current_job(id, job_id)
 if hget(b, 'health') ~= 'maintenance' then
-  redis.call('HSET', b, 'health', 'unknown', 'health_reason', message, 'health_checked_at', t)
+  set_health(id, 'unknown', message, t)
 end
-publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
+job_event(job_id, id, 'failed')
 return ok({lost = true, fpga_id = tonumber(id)})

@@ -1,8 +1,9 @@
 -- Token buckets of mutating calls: take one token for a call, or refuse it.
 -- KEYS[1] the audit stream, KEYS[2] refused unknown-key calls not yet audited (hash:
 --   address -> count), KEYS[3] when each address's count is due (zset: address -> time),
---   KEYS[4] the bucket (hash: tokens, at; absent in mode 'flush'); for a run, KEYS[5] its
---   board (hash) and KEYS[6] the caller's bucket for runs on that board.
+--   KEYS[4] the lab's counters (GET /metrics: refusals by bucket), KEYS[5] the bucket
+--   (hash: tokens, at; absent in mode 'flush'); for a run, KEYS[6] its board (hash) and
+--   KEYS[7] the caller's bucket for runs on that board.
 -- ARGV: rate (tokens/s) burst audit_maxlen mode window address caller own_rate own_burst,
 --   then the refused call's audit record as field value pairs.
 -- A rate of 0 is no limit.
@@ -39,10 +40,10 @@ end
 if mode ~= 'record' then flush() end
 if mode == 'flush' then return 0 end
 
-local bucket, sign = KEYS[4], 1
-if KEYS[6] and redis.call('HGET', KEYS[5], 'session_owner') == caller
-    and redis.call('HGET', KEYS[5], 'state') == 'reserved' then
-  bucket, rate, burst, sign = KEYS[6], own_rate, own_burst, -1
+local bucket, sign = KEYS[5], 1
+if KEYS[7] and redis.call('HGET', KEYS[6], 'session_owner') == caller
+    and redis.call('HGET', KEYS[6], 'state') == 'reserved' then
+  bucket, rate, burst, sign = KEYS[7], own_rate, own_burst, -1
 end
 if rate <= 0 then return 0 end
 
@@ -59,6 +60,8 @@ if tokens >= 1 then
 end
 redis.call('HSET', bucket, 'tokens', tokens, 'at', t)
 redis.call('PEXPIRE', bucket, ttl_ms)
+local refused_by = (mode == 'count' and 'unknown_key') or (sign < 0 and 'own_board') or 'caller'
+redis.call('HINCRBY', KEYS[4], 'rate_limited|' .. refused_by, 1)
 if mode == 'count' and redis.call('ZSCORE', KEYS[3], address) then
   redis.call('HINCRBY', KEYS[2], address, 1)
 elseif #ARGV >= RECORD then

@@ -23,4 +23,5 @@ end
 if wanted <= current then return ok({expires_at = current}) end  -- never shortens
 redis.call('HSET', b, 'session_expires_at', wanted)
 redis.call('ZADD', EXPIRY, wanted, id)
+board_event(id, {session = 'renewed', session_expires_at = wanted})
 return ok({expires_at = wanted})

@@ -41,7 +41,7 @@ local owner = caller
 if mode == 'expire' then owner = hget(b, 'session_owner') or 'system' end
 transition(id, 'reset', t)
 close_session(id)
-redis.call('HSET', b, 'current_job_id', job_id)
+set_current_job(id, job_id)
 local response = new_job(job_id, id, 'reset', owner, sid, t, {reason = mode})
 response.action = 'reset'
 return ok(response)

@@ -41,8 +41,9 @@ local expires, max_expires = t + ttl, t + max_life
 if expires > max_expires then expires = max_expires end
 transition(id, 'submit', t)
 redis.call('HSET', b, 'session_id', sid, 'session_owner', owner, 'session_created_at', t,
-  'session_expires_at', expires, 'session_max_expires_at', max_expires,
-  'current_job_id', job_id)
+  'session_expires_at', expires, 'session_max_expires_at', max_expires)
+board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
+set_current_job(id, job_id)
 redis.call('ZADD', EXPIRY, expires, id)
 redis.call('SET', design_key(job_id), design)
 charge(owner, #design, window, t)

@@ -34,7 +34,8 @@ if state ~= expected[jtype] then
   unqueue(job_id, id)
   drop_entry(id, entry)
   finish_keys(job_id, retention)
-  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
+  job_ended(k, 'failed')
+  job_event(job_id, id, 'failed')
   return ok({skip = 'board is ' .. state})
 end
 if jtype == 'build_and_program' and hget(board_key(id), 'health') == 'bad' then
@@ -48,17 +49,19 @@ if jtype == 'build_and_program' and hget(board_key(id), 'health') == 'bad' then
   unqueue(job_id, id)
   drop_entry(id, entry)
   finish_keys(job_id, retention)
+  job_ended(k, 'failed')
   transition(id, 'check_fail', t)
   close_session(id)
-  redis.call('HDEL', board_key(id), 'current_job_id')
-  publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'failed'})
+  clear_current_job(id, nil)
+  job_event(job_id, id, 'failed')
   return ok({skip = 'board failed its health check'})
 end
 redis.call('HSET', k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
+observe('queue_wait', jtype, t - (tonumber(hget(k, 'created_at')) or t))
 unqueue(job_id, id)
 redis.call('ZADD', RUNNING, t, job_id)
 if jtype == 'build_and_program' then transition(id, 'build_start', t) end
-redis.call('HSET', board_key(id), 'current_job_id', job_id)
-publish('job', {job_id = job_id, fpga_id = tonumber(id), status = 'running'})
+set_current_job(id, job_id)
+job_event(job_id, id, 'running')
 local record = redis.call('HGETALL', k)
 return ok({job = record})

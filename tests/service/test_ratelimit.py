@@ -120,7 +120,7 @@ async def test_every_mutating_route_documents_413_and_429(client: httpx.AsyncCli
         for m, op in ops.items()
         if m in ("post", "delete")
     ]
-    assert len(mutating) == 8, [p for p, _ in mutating]
+    assert len(mutating) == 10, [p for p, _ in mutating]  # with /login, /logout
     for path, op in mutating:
         assert {"413", "429"} <= set(op["responses"]), path
         assert "rate_limited" in op["responses"]["429"]["description"], path

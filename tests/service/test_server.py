@@ -514,6 +514,10 @@ def test_serve_reaches_a_shared_redis_as_the_documented_acl_user_with_a_password
             with httpx.Client(base_url=p.base_url, timeout=10, trust_env=False,
                               headers=ALICE) as c:  # fmt: skip
                 whole_cycle(c)
+                assert c.get("/metrics").status_code == 200  # its reads are allowed too
+                # the event log: replayed (XINFO, XRANGE), read live (XREVRANGE, XREAD)
+                with c.stream("GET", "/events", params={"after": "0"}) as events:
+                    assert next(events.iter_lines()).startswith("event: ")
             assert admin.acl_log() == []
         assert_holds_no_secret(child(p, "service.cli worker"), API_KEY, REDIS_PASSWORD)
         assert REDIS_PASSWORD not in p.output()
