@@ -38,7 +38,7 @@ async def get_caller(request: Request, key: Annotated[str | None, Depends(_api_k
     caller = keyring.lookup(key)
     if caller is None and not key and request.method in ("GET", "HEAD"):
         # a browser's login cookie (service.login): for reads only
-        secret = request.app.state.settings.login_secret
+        secret = await login.lab_secret(request.app)
         caller = login.verify(keyring, request.cookies.get(login.COOKIE), secret)
     if caller is None:
         raise InvalidApiKey(

@@ -62,6 +62,9 @@ LOG_NOTICES = f"{PREFIX}:logs"
 UNKNOWN_REFUSED = f"{PREFIX}:unknown:refused"
 UNKNOWN_DUE = f"{PREFIX}:unknown:due"
 METRICS = f"{PREFIX}:metrics"
+#: The secret that signs the dashboard's login cookies when no FPGALAB_LOGIN_SECRET is
+#: set: made once at random, the same for every API replica.
+LOGIN_SECRET = f"{PREFIX}:login-secret"
 
 
 def lua_layout() -> dict[str, str]:

@@ -17,11 +17,24 @@ import base64
 import hashlib
 import hmac
 import time
+from typing import Any
 
 from fpgalab.service.auth import Caller, KeyRing
 
 #: The cookie's name.
 COOKIE = "fpgalab_login"
+
+
+async def lab_secret(app: Any) -> str:
+    """The secret that signs login cookies: ``FPGALAB_LOGIN_SECRET``, or else the lab's
+    own random one from Redis (read once per API process)."""
+    configured: str = app.state.settings.login_secret
+    if configured:
+        return configured
+    cached: str | None = getattr(app.state, "login_secret", None)
+    if cached is None:
+        cached = app.state.login_secret = await app.state.store.login_secret()
+    return cached
 
 
 def _b64(raw: bytes) -> str:

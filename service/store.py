@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -106,6 +107,14 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def login_secret(self) -> str:
+        """The lab's own secret for login cookies: made once at random and kept in Redis,
+        so that every API replica signs and checks with the same one."""
+        await self.redis.set(keys.LOGIN_SECRET, secrets.token_hex(32), nx=True)
+        secret = await self.redis.get(keys.LOGIN_SECRET)
+        assert isinstance(secret, str) and secret
+        return secret
 
     # -- reads -------------------------------------------------------------------
 

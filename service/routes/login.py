@@ -33,7 +33,7 @@ async def log_in(
     from an ``EventSource`` among them. The cookie holds a signed token, never the key;
     calls that change something still need ``X-API-Key``."""
     token, expires = login.issue(
-        request.app.state.keyring, caller, settings.login_secret, settings.login_ttl
+        request.app.state.keyring, caller, await login.lab_secret(request.app), settings.login_ttl
     )
     response.set_cookie(
         login.COOKIE,
@@ -55,7 +55,7 @@ async def log_out(request: Request, key: Annotated[str | None, Depends(_api_key)
     ``X-API-Key``: a call that changes nothing but the caller's own browser."""
     keyring = request.app.state.keyring
     token = request.cookies.get(login.COOKIE)
-    secret = request.app.state.settings.login_secret
+    secret = await login.lab_secret(request.app)
     if keyring.lookup(key) is None and login.verify(keyring, token, secret) is None:
         raise InvalidApiKey("invalid_api_key", "A valid X-API-Key or login cookie is required.")
     response = Response(status_code=204)

@@ -92,3 +92,20 @@ def test_a_token_ends_with_its_time_or_its_callers_key() -> None:
     as_ops = f"{login._b64(b'ops')}.{expires}.{mac}"
     assert login.verify(ring, as_ops, "s") is None
     assert "k1" not in token
+
+
+def test_without_a_configured_secret_the_lab_makes_its_own(settings: Settings) -> None:
+    """No ``FPGALAB_LOGIN_SECRET``: the lab signs with a random secret of its own, kept in
+    Redis — a cookie from one API replica is taken by another, and a token signed with
+    the key digests alone (what an empty secret would have been) is refused."""
+    with served(settings) as first, served(settings) as second:
+        with httpx.Client(base_url=first, trust_env=False) as c:
+            assert c.post("/login", headers={"X-API-Key": ALICE}).status_code == 200
+            cookie = c.cookies[login.COOKIE]
+        with httpx.Client(base_url=second, trust_env=False) as c:
+            c.cookies.set(login.COOKIE, cookie)
+            assert c.get("/whoami").json() == {"name": "alice", "admin": False}
+            ring = KeyRing(parse_entries(KEYS.split(","), "test"))
+            forged, _ = login.issue(ring, Caller("alice"), "", ttl=600)
+            c.cookies.set(login.COOKIE, forged)
+            assert c.get("/whoami").status_code == 401
