@@ -4,12 +4,17 @@ FastAPI routes answer only the methods they name, so a ``HEAD`` (which HTTP says
 ``GET`` resource should answer, RFC 9110 9.3.2) was a ``405``. Rather than name ``HEAD``
 on each route (and document every operation twice), this middleware asks the app the
 ``GET`` and keeps its answer's head; ``Content-Length`` stays that of the ``GET``. A
-``HEAD`` of a route without a ``GET`` is the ``GET``'s ``405``.
+``HEAD`` of a route without a ``GET`` is the ``GET``'s ``405``. The ``GET`` it asks is
+marked (``HEAD_SCOPE``), so that a route that would stream (a live log) answers the head
+of its plain form instead of holding the ``HEAD`` open.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Set in the scope of the ``GET`` a ``HEAD`` is answered with.
+HEAD_SCOPE = "fpgalab.head"
 
 
 class HeadAsGet:
@@ -30,4 +35,4 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, head_only)
+        await self.app({**scope, "method": "GET", HEAD_SCOPE: True}, receive, head_only)

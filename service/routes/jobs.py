@@ -26,6 +26,7 @@ from fpgalab.service.deps import (
 )
 from fpgalab.service.errors import Conflict, Forbidden, NotFound
 from fpgalab.service.handlers import MUTATION_ERRORS, responses
+from fpgalab.service.head import HEAD_SCOPE
 from fpgalab.service.logfollow import LogNotices
 from fpgalab.service.models import JobResponse, RunResult, job_response, result_json
 from fpgalab.service.store import Actor, Store
@@ -96,6 +97,8 @@ class _Streamed(APIRoute):
 
 
 def _wants_stream(scope: Scope) -> bool:
+    if scope.get(HEAD_SCOPE):  # a HEAD gets the plain log's head, never an open stream
+        return False
     accept = b",".join(v for k, v in scope.get("headers", ()) if k == b"accept")
     if b"text/event-stream" in accept.lower():
         return True

@@ -468,3 +468,17 @@ def test_open_streams_do_not_hold_a_stopping_api(start_lab: StartLab) -> None:
     for reader in readers:
         reader.join(5)
         assert not reader.is_alive()  # its stream was ended
+
+
+def test_a_head_never_opens_a_stream(start_lab: StartLab) -> None:
+    """HEAD with ``Accept: text/event-stream`` (or ``?follow=true``) of a running job's
+    log answers at once with the plain log's head, instead of holding the stream open."""
+    lab = start_lab()
+    with httpx.Client(base_url=lab.url, trust_env=False, timeout=10) as c:
+        job = c.post("/fpga/0/submit", files={"file": ("d.py", b"# d\nDesign = None\n")}).json()
+        path = f"/fpga/0/jobs/{job['job_id']}/logs"
+        for r in (
+            c.head(path, headers={"Accept": "text/event-stream"}),
+            c.head(path, params={"follow": "true"}),
+        ):
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
