@@ -19,18 +19,16 @@ never a line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 from redis.exceptions import RedisError
 
 from fpgalab.service import keys
 from fpgalab.service.store import Store
-from fpgalab.service.waiters import FINISHED, RETRY_DELAY, JobWaiters
+from fpgalab.service.waiters import FINISHED, RETRY_DELAY, JobWaiters, Wakers
 
 log = logging.getLogger("fpgalab.api")
 
@@ -42,72 +40,18 @@ CHUNK = 100
 PING = 15.0
 #: Event type of the last event of a stream; its data is the job's status and error.
 END = "end"
-_POLL = 1.0
 
 
-class LogNotices:
-    """The followers of one API process, and the subscription that wakes them."""
+class LogNotices(Wakers):
+    """The live-log streams of one API process, woken when their job's log grows."""
 
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
-        self._following: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    def start(self) -> None:
-        self._closing = False
-        self._task = asyncio.create_task(self._listen(), name="log-notices")
-
-    async def close(self) -> None:
-        # a flag as well as cancel(): on Python 3.11 a cancellation that lands as a read
-        # of the subscription completes can be swallowed (CPython gh-86296)
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._wake_all()
+    channel = keys.LOG_NOTICES
+    what = "log-notices"
 
     @property
     def following(self) -> int:
         """Streams following a log now."""
-        return sum(len(events) for events in self._following.values())
-
-    @contextlib.contextmanager
-    def watch(self, job_id: str, event: asyncio.Event) -> Iterator[asyncio.Event]:
-        """Set ``event`` whenever ``job_id``'s log grows; register before reading it."""
-        self._following.setdefault(job_id, set()).add(event)
-        try:
-            yield event
-        finally:
-            events = self._following.get(job_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._following[job_id]
-
-    def _wake_all(self) -> None:
-        for events in self._following.values():
-            for event in events:
-                event.set()
-
-    async def _listen(self) -> None:
-        while not self._closing:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.LOG_NOTICES)
-                    while not self._closing:
-                        message = await pubsub.get_message(timeout=_POLL)
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":
-                            self._wake_all()  # appends before now may have been missed
-                        elif message["type"] == "message":
-                            for event in self._following.get(message["data"], ()):
-                                event.set()
-            except (RedisError, OSError) as exc:
-                log.warning("live logs: the notice subscription failed, retrying: %s", exc)
-                await asyncio.sleep(RETRY_DELAY)
+        return self.watching
 
 
 async def follow(

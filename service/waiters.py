@@ -43,18 +43,27 @@ RETRY_DELAY = 0.5
 _POLL = 1.0
 
 
-class JobWaiters:
-    """The waiters of one API process, and the subscription that wakes them."""
+class Wakers:
+    """One Redis channel of one API process, fanned out to the requests that wait on it:
+    a request registers an ``asyncio.Event`` under a job id (``watch``) before it reads
+    what it waits for; a message that ``_job_of`` names that job sets its events; each
+    time the subscription is (re)established, every event is set (messages published
+    while it was down are not replayed). ``JobWaiters`` and the live logs' ``LogNotices``
+    are its two channels."""
+
+    #: The channel, and the task's name in logs.
+    channel = ""
+    what = ""
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._watching: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
         self._closing = False
-        self._task = asyncio.create_task(self._listen(), name="job-waiters")
+        self._task = asyncio.create_task(self._listen(), name=self.what)
 
     async def close(self) -> None:
         # a flag as well as cancel(): on Python 3.11 a cancellation that lands as a read
@@ -67,24 +76,65 @@ class JobWaiters:
         self._wake_all()
 
     @property
-    def waiting(self) -> int:
-        """Requests waiting now."""
-        return sum(len(events) for events in self._waiting.values())
+    def watching(self) -> int:
+        """Requests registered now."""
+        return sum(len(events) for events in self._watching.values())
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set when ``job_id`` may have finished; register it before reading the
-        job, so that a finish after the read is not missed."""
-        event = asyncio.Event()
-        self._waiting.setdefault(job_id, set()).add(event)
+    def watch(self, job_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+        """``event`` (a new one by default), set when a message names ``job_id``; register
+        it before reading, so that a change after the read is not missed."""
+        event = event or asyncio.Event()
+        self._watching.setdefault(job_id, set()).add(event)
         try:
             yield event
         finally:
-            events = self._waiting.get(job_id)
+            events = self._watching.get(job_id)
             if events is not None:
                 events.discard(event)
                 if not events:
-                    del self._waiting[job_id]
+                    del self._watching[job_id]
+
+    def _job_of(self, data: str) -> str | None:
+        """The job a message is about, if it is one to wake its watchers for."""
+        return data
+
+    def _wake_all(self) -> None:
+        for events in self._watching.values():
+            for event in events:
+                event.set()
+
+    async def _listen(self) -> None:
+        while not self._closing:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    while not self._closing:
+                        message = await pubsub.get_message(timeout=_POLL)
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            self._wake_all()  # (again): messages before now may be missed
+                        elif message["type"] == "message":
+                            job_id = self._job_of(message["data"])
+                            for event in self._watching.get(job_id or "", ()):
+                                event.set()
+            except (RedisError, OSError) as exc:
+                # watchers still end at their deadline; they are woken once this is back
+                log.warning("%s: the subscription failed, retrying: %s", self.what, exc)
+                await asyncio.sleep(RETRY_DELAY)
+
+
+class JobWaiters(Wakers):
+    """The requests of one API process that wait for a job to finish."""
+
+    channel = keys.EVENTS
+    what = "job-waiters"
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting now."""
+        return self.watching
 
     async def until_finished(
         self,
@@ -108,36 +158,10 @@ class JobWaiters:
                 answer = await read()
         return answer
 
-    def _wake_all(self) -> None:
-        for events in self._waiting.values():
-            for event in events:
-                event.set()
-
-    def _dispatch(self, data: str) -> None:
+    def _job_of(self, data: str) -> str | None:
         try:
             event = json.loads(data)
             job_id, status = event.get("job_id"), event.get("status")
         except (ValueError, AttributeError):
-            return
-        if status in FINISHED:
-            for waiter in self._waiting.get(job_id, ()):
-                waiter.set()
-
-    async def _listen(self) -> None:
-        while not self._closing:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.EVENTS)
-                    while not self._closing:
-                        message = await pubsub.get_message(timeout=_POLL)
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":
-                            # subscribed (again): finishes before now may have been missed
-                            self._wake_all()
-                        elif message["type"] == "message":
-                            self._dispatch(message["data"])
-            except (RedisError, OSError) as exc:
-                # waiters still end at their deadline; they are woken once this is back
-                log.warning("job waiters: the event subscription failed, retrying: %s", exc)
-                await asyncio.sleep(RETRY_DELAY)
+            return None
+        return job_id if status in FINISHED and isinstance(job_id, str) else None
