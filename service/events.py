@@ -25,11 +25,10 @@ from fastapi.sse import ServerSentEvent
 from redis.exceptions import RedisError, ResponseError
 
 from fpgalab.service import keys
+from fpgalab.service.waiters import RETRY_DELAY, stop
 
 log = logging.getLogger("fpgalab.api")
 
-#: Seconds between attempts to read the log while Redis is away.
-RETRY_DELAY = 0.5
 #: Entries read from the log in one call (the live reader's and a replay's pages).
 PAGE = 500
 
@@ -129,13 +128,8 @@ class EventHub:
         return len(self._subscribers)
 
     async def close(self) -> None:
-        # a flag as well as cancel(): on Python 3.11 a cancellation that lands as a read
-        # completes can be swallowed (CPython gh-86296), and the loop would read on
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True  # checked by the reader's loop (see ``waiters.stop``)
+        await stop(self._task)
         for sub in self._subscribers:
             sub.closed = True
             sub.woken.set()

@@ -43,6 +43,16 @@ RETRY_DELAY = 0.5
 _POLL = 1.0
 
 
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a reader task and wait for it to end. Its owner sets a closing flag first,
+    which the task's loop checks: on Python 3.11 a cancellation that lands as a read
+    completes can be swallowed (CPython gh-86296), and the loop would read on."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Wakers:
     """One Redis channel of one API process, fanned out to the requests that wait on it:
     a request registers an ``asyncio.Event`` under a job id (``watch``) before it reads
@@ -66,13 +76,8 @@ class Wakers:
         self._task = asyncio.create_task(self._listen(), name=self.what)
 
     async def close(self) -> None:
-        # a flag as well as cancel(): on Python 3.11 a cancellation that lands as a read
-        # of the subscription completes can be swallowed (CPython gh-86296)
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         self._wake_all()
 
     @property

@@ -106,6 +106,15 @@ async function loadBoards() {
   rows.forEach(drawBoard);
 }
 
+// A change comes as several events (a submit: building, programming, reserved): a board
+// is read again once per burst of them, not once per event.
+const rereading = new Set();
+function refreshSoon(fpgaId) {
+  if (rereading.has(fpgaId)) return;
+  rereading.add(fpgaId);
+  setTimeout(() => { rereading.delete(fpgaId); refreshBoard(fpgaId); }, 50);
+}
+
 async function refreshBoard(fpgaId) {
   try {
     drawBoard(await api(`/fpga/${fpgaId}`));
@@ -143,7 +152,7 @@ function onEvent(message) {
   } catch {
     return;
   }
-  if (event.fpga_id !== undefined && event.fpga_id !== null) refreshBoard(event.fpga_id);
+  if (event.fpga_id !== undefined && event.fpga_id !== null) refreshSoon(event.fpga_id);
   if (event.status === "failed" && event.job_id) noteFailure(event);
   if (event.job_id && event.job_id === shownJob?.jobId) showJobFields(shownJob.fpgaId, shownJob.jobId);
 }
