@@ -7,11 +7,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent
 
 from fpgalab.client._models import (
     AuditEntry,
@@ -36,6 +45,7 @@ from fpgalab.client._protocol import (
     Design,
     Emit,
     Flow,
+    NextEvent,
     Op,
     Options,
     Protocol,
@@ -97,7 +107,7 @@ class AsyncClient:
         timeout: httpx.Timeout | float = self.options.timeout
         if call.hold:
             timeout = httpx.Timeout(self.options.timeout, read=self.options.timeout + call.hold)
-        return await self._http.request(
+        request = self._http.build_request(
             call.method,
             call.path,
             params=call.params,
@@ -106,42 +116,61 @@ class AsyncClient:
             headers=call.headers,
             timeout=timeout,
         )
+        response = await self._http.send(request, stream=call.stream)
+        if call.stream and response.is_error:
+            await response.aread()  # the error's code is in its body
+        return response
 
-    async def _step(self, step: Call | Sleep) -> tuple[Any, BaseException | None]:
+    async def _step(
+        self, step: Call | NextEvent | Sleep, streams: _Streams
+    ) -> tuple[Any, BaseException | None]:
         if isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
             return None, None
         try:
-            return await self._send(step), None
+            if isinstance(step, NextEvent):
+                return await anext(streams[step.response], None), None
+            response = await self._send(step)
         except httpx.TransportError as exc:
             return None, exc
+        if step.stream:
+            streams[response] = EventSource(response).aiter_sse()
+        return response, None
 
     async def _drive(self, flow: Flow[T]) -> T:
         reply: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(reply)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            if isinstance(step, Emit):
-                raise AssertionError("a flow emitted where nothing iterates")  # a bug of ours
-            reply, error = await self._step(step)
+        streams: _Streams = {}
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+                if isinstance(step, Emit):
+                    raise AssertionError("a flow emitted where nothing iterates")  # a bug of ours
+                reply, error = await self._step(step, streams)
+        finally:
+            await _close(streams)
 
     async def _iterate(self, flow: Flow[Any]) -> AsyncIterator[Any]:
         reply: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(reply)
-            except StopIteration:
-                return
-            if isinstance(step, Emit):
-                reply, error = None, None
-                yield step.value
-            else:
-                reply, error = await self._step(step)
+        streams: _Streams = {}
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration:
+                    return
+                if isinstance(step, Emit):
+                    reply, error = None, None
+                    yield step.value
+                else:
+                    reply, error = await self._step(step, streams)
+        finally:
+            await _close(streams)
 
     async def _cleanup(self, flow: Flow[Any], failure: BaseException, what: str) -> None:
         """Run a cleanup after ``failure``; if it fails too, say so on ``failure``."""
@@ -434,3 +463,14 @@ class AsyncBoardSession:
         self, *, wait: bool = False, timeout: float | None = None
     ) -> JobAccepted | None:
         return await self.client._drive(self._protocol.board_release(self._state, wait, timeout))
+
+
+#: The streamed answers a flow opened, each with its events as they come.
+_Streams = dict[httpx.Response, AsyncGenerator[ServerSentEvent, None]]
+
+
+async def _close(streams: _Streams) -> None:
+    """Close every streamed answer of a flow that has ended (or was dropped)."""
+    for response, events in streams.items():
+        await events.aclose()
+        await response.aclose()

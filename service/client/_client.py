@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent
 
 from fpgalab.client._models import (
     AuditEntry,
@@ -36,6 +37,7 @@ from fpgalab.client._protocol import (
     Design,
     Emit,
     Flow,
+    NextEvent,
     Op,
     Options,
     Protocol,
@@ -104,7 +106,7 @@ class Client:
         timeout: httpx.Timeout | float = self.options.timeout
         if call.hold:
             timeout = httpx.Timeout(self.options.timeout, read=self.options.timeout + call.hold)
-        return self._http.request(
+        request = self._http.build_request(
             call.method,
             call.path,
             params=call.params,
@@ -113,27 +115,45 @@ class Client:
             headers=call.headers,
             timeout=timeout,
         )
+        response = self._http.send(request, stream=call.stream)
+        if call.stream and response.is_error:
+            response.read()  # the error's code is in its body
+        return response
 
     def _steps(self, flow: Flow[T]) -> Generator[Any, None, T]:
-        """Drive ``flow``: yield what it emits; its result is the StopIteration's value."""
+        """Drive ``flow``: yield what it emits; its result is the StopIteration's value.
+        Every streamed answer it opened is closed when it ends (or is dropped)."""
         reply: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(reply)
-            except StopIteration as done:
-                value: T = done.value
-                return value
-            reply, error = None, None
-            if isinstance(step, Call):
+        streams: dict[httpx.Response, Iterator[ServerSentEvent]] = {}
+        try:
+            while True:
                 try:
-                    reply = self._send(step)
-                except httpx.TransportError as exc:
-                    error = exc
-            elif isinstance(step, Sleep):
-                time.sleep(step.seconds)
-            elif isinstance(step, Emit):
-                yield step.value
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration as done:
+                    value: T = done.value
+                    return value
+                reply, error = None, None
+                if isinstance(step, Call):
+                    try:
+                        reply = self._send(step)
+                    except httpx.TransportError as exc:
+                        error = exc
+                    else:
+                        if step.stream:
+                            streams[reply] = EventSource(reply).iter_sse()
+                elif isinstance(step, NextEvent):
+                    try:
+                        reply = next(streams[step.response], None)
+                    except httpx.TransportError as exc:
+                        error = exc
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                elif isinstance(step, Emit):
+                    yield step.value
+        finally:
+            for response in streams:
+                response.close()
 
     def _drive(self, flow: Flow[T]) -> T:
         steps = self._steps(flow)

@@ -3,14 +3,16 @@ when to ask again. ``Client`` and ``AsyncClient`` share all of it.
 
 Every operation is a *flow*: a generator that yields what it needs done — a ``Call``
 (send this request; the answer comes back into the generator, or httpx's transport error
-is thrown into it), a ``Sleep``, or an ``Emit`` (hand a value to the caller of an
-iterator) — and returns its result. The two clients each drive flows with their own
+is thrown into it), a ``NextEvent`` (the next Server-Sent Event of a streamed answer),
+a ``Sleep``, or an ``Emit`` (hand a value to the caller of an iterator) — and returns
+its result. The two clients each drive flows with their own
 I/O (``httpx.Client`` and ``time.sleep``; ``httpx.AsyncClient`` and ``asyncio.sleep``),
 so that retries, waiting, log following and session keeping are written once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -78,6 +80,9 @@ FIRST_POLL = 0.05
 LAST_POLL = 0.5
 #: Times a call whose answer was lost is sent again (a replayable call only).
 LOST_ANSWER_RETRIES = 2
+#: Seconds a followed log's stream may stay silent before its connection is taken for
+#: lost and opened again (the lab sends a keep-alive comment every 15 s).
+STREAM_SILENCE = 45.0
 #: Lines of a failed job's log that ``JobFailed`` carries.
 LOG_TAIL_LINES = 20
 #: Seconds ``reserve`` waits for a build (queue time included) unless told otherwise.
@@ -117,11 +122,24 @@ class Call:
     replayable: bool = False
     #: Statuses that are answers rather than errors (``/health``'s 503 is a report).
     answers: frozenset[int] = frozenset()
+    #: Its answer's body is read as it comes, an event at a time (``NextEvent``); the
+    #: body of an error answer is read whole (the error's code is in it).
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class NextEvent:
+    """The next Server-Sent Event (``httpx_sse.ServerSentEvent``) of the streamed answer
+    ``response`` (of a ``Call(stream=True)``), or None once it has ended. A transport
+    error while reading is thrown into the flow. The driver closes every streamed answer
+    when its flow ends, however it ends."""
+
+    response: httpx.Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +154,7 @@ Design = str | os.PathLike[str] | bytes
 #: One Wishbone op: ``Read``, ``Write``, or the API's JSON of one (``{"op": 1, ...}``).
 Op = Read | Write | Mapping[str, Any]
 
-Step = Call | Sleep | Emit
+Step = Call | NextEvent | Sleep | Emit
 Flow = Generator[Step, Any, T]
 
 
@@ -224,11 +242,14 @@ class SessionState:
 
 class Protocol:
     """The flows of one client; ``waits`` is whether the lab takes ``?wait=`` (a lab
-    that answers it with 422 is polled instead, by this client from then on)."""
+    that answers it with 422 is polled instead, by this client from then on), and
+    ``streams`` whether it streams a log as it grows (a lab that answers the stream's
+    request with the plain log is polled instead)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.waits = True
+        self.streams = True
 
     # Sending, retrying and reading ---------------------------------------------------------
 
@@ -595,8 +616,85 @@ class Protocol:
         self, fpga_id: int, job_id: str, follow: bool, session_id: str | None
     ) -> Flow[None]:
         """Emit the job's log line by line; with ``follow``, go on emitting lines as they
-        come until the job has finished (its status is read before each read of the log,
-        so the read after the job finished has every line)."""
+        come until the job has finished: from the lab's stream of the log, or, from a lab
+        that does not stream it, by reading the log again and again."""
+        streamed = follow and self.streams
+        if streamed and (yield from self.streamed_log(fpga_id, job_id, session_id)):
+            return
+        yield from self.polled_log(fpga_id, job_id, follow, session_id)
+
+    def streamed_log(self, fpga_id: int, job_id: str, session_id: str | None) -> Flow[bool]:
+        """Emit the job's log lines as the lab streams them (``Accept: text/event-stream``:
+        each line once, numbered), until its ``end`` event; False, having emitted
+        nothing, if the lab answers with the plain log instead (then ``streams`` is
+        False from here on).
+
+        A stream cut off (a lost connection, an API replica stopped, a silence longer
+        than ``STREAM_SILENCE``) is opened again with ``Last-Event-ID``, the number of
+        the last line emitted, so that no line is emitted twice or skipped; reopening
+        is retried while the retry budget lasts, counted from the cut."""
+        path = f"/fpga/{fpga_id}/jobs/{job_id}/logs"
+        after = 0
+        opened = False  # a lab never reached is said at once, not retried for a budget
+        cut: float | None = None  # when the stream was last cut off, until a line comes
+        tries = 0
+        while True:
+            headers = {"Accept": "text/event-stream", **_session_headers(session_id)}
+            if after:
+                headers["Last-Event-ID"] = str(after)
+            call = Call("GET", path, headers=headers, hold=STREAM_SILENCE, stream=True,
+                        replayable=True)  # fmt: skip
+            try:
+                response = yield from self.exchange(call)
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    if opened:
+                        raise UnexpectedResponse(
+                            f"GET {path}: the lab stopped streaming the log "
+                            f"(answered {content_type or 'no content type'})",
+                            response,
+                        )
+                    log.info("this lab does not stream logs; reading them again instead")
+                    self.streams = False
+                    return False
+                opened = True
+                while (event := (yield NextEvent(response))) is not None:
+                    if event.event == "end":
+                        return True
+                    if event.event not in ("", "message") or not event.id:
+                        continue  # a kind of event this client does not know
+                    number, line = _log_event(path, event, response)
+                    if number <= after:
+                        continue
+                    yield Emit(line)
+                    after, cut, tries = number, None, 0
+            except (httpx.TransportError, TransportError) as exc:
+                if not opened:
+                    raise
+                cut = time.monotonic() if cut is None else cut
+                delay = min(0.1 * 2**tries, 2.0)
+                if not self._may_wait(cut, delay):
+                    if isinstance(exc, TransportError):
+                        raise
+                    raise TransportError(f"GET {self.options.url}{path}: {_name(exc)}") from exc
+                log.info("the log's stream was cut off (%s); opening it again", _name(exc))
+                tries += 1
+                yield Sleep(delay)
+                continue
+            # ended without its end event (an API replica stopping): open it again
+            cut = time.monotonic() if cut is None else cut
+            if not self._may_wait(cut, 0.1):
+                raise TransportError(f"GET {self.options.url}{path}: the log's stream ended "
+                                     "early, again and again")  # fmt: skip
+            tries += 1
+            yield Sleep(min(0.1 * 2 ** (tries - 1), 2.0))
+
+    def polled_log(
+        self, fpga_id: int, job_id: str, follow: bool, session_id: str | None
+    ) -> Flow[None]:
+        """Emit the job's log line by line; with ``follow``, read it again until the job
+        has finished (its status is read before each read of the log, so the read after
+        the job finished has every line)."""
         seen = 0
         pause = FIRST_POLL
         while True:
@@ -792,6 +890,17 @@ def _resetting(board: Board) -> bool:
         and board.current_job_id is not None
         and board.worker is not None
     )
+
+
+def _log_event(path: str, event: Any, response: httpx.Response) -> tuple[int, str]:
+    """A live log's line event: its number (``id:``) and its text (``data:``, JSON)."""
+    try:
+        number, line = int(event.id), json.loads(event.data)
+    except ValueError:
+        number, line = -1, None
+    if number < 0 or not isinstance(line, str):
+        raise UnexpectedResponse(f"GET {path}: a line of the log's stream is malformed", response)
+    return number, line
 
 
 def _lines(text: str) -> list[str]:

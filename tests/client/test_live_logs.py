@@ -9,9 +9,11 @@ import json
 import queue
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,7 @@ import pytest
 import uvicorn
 
 from fpgalab.backends.base import Build, Design, LogFn
+from fpgalab.client import Client
 from fpgalab.service import keys, server
 from fpgalab.service.app import create_app
 from fpgalab.service.settings import Settings
@@ -176,8 +179,9 @@ class Api:
     """One more API process on the lab's Redis (no worker): a replica, or the API after
     a restart, on a loop and thread of its own; ``stop`` drops its connections."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        port = port or free_port()
+        self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
         self.app = create_app(self.settings)
         self.server = uvicorn.Server(server.config(self.app, self.settings, log_level="warning"))
         self.thread = threading.Thread(target=asyncio.run, args=(self.server.serve(),))
@@ -236,6 +240,131 @@ def test_an_api_restart_mid_stream_is_survived(start_lab: StartLab, talking: Tal
     assert [n for n, _ in got] == list(range(1, len(plain) + 1))
     assert [line for _, line in got] == plain
     assert end["status"] == "complete"
+
+
+def test_the_client_follows_the_stream_through_an_api_restart(
+    start_lab: StartLab, talking: Talking
+) -> None:
+    """``Client.logs(follow=True)`` reads the lab's stream of the log (the API follows the
+    log for it: no polling), and when the API process under it stops and another comes
+    back on its address, resumes where it was cut: every line once, in order, to the
+    end of the job."""
+    lab = start_lab(backend=talking, boards=[7])
+    job = submit(lab, 7)
+    got: list[str] = []
+    failed: list[BaseException] = []
+    first = Api(lab.settings)
+
+    def follow() -> None:
+        try:
+            with Client(first.url, timeout=5) as c:
+                got.extend(c.logs(7, job, follow=True))
+        except Exception as exc:  # the test's thread says it
+            failed.append(exc)
+
+    reader = threading.Thread(target=follow)
+    with first:
+        reader.start()
+        for i in range(10):
+            talking.lines.put(f"before {i}")
+        settled(lambda: "before 9" in got, True)
+        assert first.app.state.log_notices.following == 1
+    for i in range(10):  # while no API serves the lab
+        talking.lines.put(f"during {i}")
+    time.sleep(0.5)
+    with Api(lab.settings, port=first.settings.port):
+        for i in range(10):
+            talking.lines.put(f"after {i}")
+        talking.lines.put(None)
+        reader.join(30)
+    assert not reader.is_alive() and not failed, failed
+    with httpx.Client(base_url=lab.url, trust_env=False) as http:
+        plain = http.get(f"/fpga/7/jobs/{job}/logs").text.splitlines()
+    assert got == plain
+    assert [line for line in got if line.endswith(" 9")] == ["before 9", "during 9", "after 9"]
+
+
+def test_the_cli_follows_a_build_on_the_stream(
+    start_lab: StartLab, talking: Talking, tmp_path: Path
+) -> None:
+    """``fpgalab submit --follow`` reads the log from the lab's stream (the API follows
+    the log for it while it waits: a look at the job is one small request however long
+    the log grows) and prints every line once, in order."""
+    from tests.client.test_cli import FPGALAB, env_for
+
+    lab = start_lab(backend=talking, boards=[8])
+    design = tmp_path / "talk.py"
+    design.write_bytes(TALKING)
+    with Api(lab.settings) as api:
+        command = subprocess.Popen(
+            [str(FPGALAB), "submit", str(design), "--board", "8", "--follow"],
+            env=env_for(api.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for i in range(500):
+                talking.lines.put(f"line {i}")
+            settled(lambda: api.app.state.log_notices.following, 1, timeout=20)
+            talking.lines.put(None)
+            out, err = command.communicate(timeout=30)
+        finally:
+            command.kill()
+    assert command.returncode == 0, err
+    printed = [line for line in out.splitlines() if line.startswith("line ")]
+    assert printed == [f"line {i}" for i in range(500)]
+
+
+class CutStream(httpx.SyncByteStream):
+    """A test double's body: these bytes, then the connection drops (``ReadError``)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_the_clients_stream_resumes_after_the_last_line_it_gave() -> None:
+    """A test double of a lab (``httpx.MockTransport``): the stream is cut after two
+    lines, then after a half-sent event; the client reopens it with ``Last-Event-ID`` of
+    the last whole line and gives each line once. A lab that answers the stream's request
+    with the plain log is read again and again instead (an older lab)."""
+    asked: list[str | None] = []
+    log = ["one", "two", "three", "four"]
+
+    def event(n: int) -> bytes:
+        return f"id: {n}\ndata: {json.dumps(log[n - 1])}\n\n".encode()
+
+    def streaming(request: httpx.Request) -> httpx.Response:
+        resumed = request.headers.get("last-event-id")
+        asked.append(resumed)
+        headers = {"content-type": "text/event-stream"}
+        if resumed is None:
+            return httpx.Response(200, headers=headers, stream=CutStream(event(1) + event(2)))
+        if asked == [None, "2"]:  # a line half sent, then cut: it is not given
+            return httpx.Response(200, headers=headers, stream=CutStream(event(3)[:-1]))
+        end = b'event: end\ndata: {"status": "complete", "error": null}\n\n'
+        return httpx.Response(200, headers=headers, content=event(3) + event(4) + end)
+
+    with Client("http://lab", transport=httpx.MockTransport(streaming)) as lab:
+        assert list(lab.logs(1, "j", follow=True)) == log
+    assert asked == [None, "2", "2"]
+
+    def plain(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.endswith("/logs"):
+            return httpx.Response(200, text="".join(line + "\n" for line in log))
+        at = "2026-01-01T00:00:00Z"
+        job = {"job_id": "j", "fpga_id": 1, "type": "reset", "status": "complete",
+               "created_at": at, "updated_at": at}  # fmt: skip
+        return httpx.Response(200, json=job)
+
+    asked.clear()
+    with Client("http://lab", transport=httpx.MockTransport(plain)) as lab:
+        assert list(lab.logs(1, "j", follow=True)) == log
+        assert list(lab.logs(1, "j", follow=True)) == log
+    # the stream asked for once: then the job and its log, read as before
+    assert asked == ["/fpga/1/jobs/j/logs", *["/fpga/1/jobs/j", "/fpga/1/jobs/j/logs"] * 2]
 
 
 def test_a_stream_is_refused_before_it_starts(start_lab: StartLab) -> None:

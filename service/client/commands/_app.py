@@ -205,12 +205,17 @@ class Lab:
     @property
     def client(self) -> Client:
         if self._client is None:
-            url = Options.resolve(self.url, self.key, DEFAULT_TIMEOUT, 0).url
-            # A lab on plain http needs no TLS: not loading the CA bundle (httpx does at
-            # once, for any URL) saves a tenth of the command's start-up.
-            plain = url.lower().startswith("http://")
-            self._client = Client(url, api_key=self.key, verify=not plain)
+            self._client = self.new_client()
         return self._client
+
+    def new_client(self) -> Client:
+        """A client of its own (for another thread: ``client``'s connections are this
+        thread's); the caller closes it."""
+        url = Options.resolve(self.url, self.key, DEFAULT_TIMEOUT, 0).url
+        # A lab on plain http needs no TLS: not loading the CA bundle (httpx does at
+        # once, for any URL) saves a tenth of the command's start-up.
+        plain = url.lower().startswith("http://")
+        return Client(url, api_key=self.key, verify=not plain)
 
     def close(self) -> None:
         if self._client is not None:

@@ -4,6 +4,8 @@ Ctrl-C, which asks whether to cancel the job (``interrupted``)."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -27,8 +29,11 @@ if TYPE_CHECKING:
     from rich.spinner import Spinner
 
 #: Seconds between two looks at a job (its status is held by the lab up to this long, so
-#: the end of a job is seen at once; its log is read once a look).
+#: the end of a job is seen at once; its log's new lines are shown at each look).
 TICK = 0.5
+#: Seconds the last look waits for the log's stream to end once the job has ended (the
+#: lab ends it right after the job's last line).
+LOG_GRACE = 10.0
 #: Lines of the log under the status line.
 TAIL = 4
 #: The line the worker writes when a build is done and the board is being programmed.
@@ -52,20 +57,71 @@ def looks(
     lab: Lab, fpga_id: int, job_id: str, session_id: str | None, logs: bool
 ) -> Iterator[tuple[Job, list[str]]]:
     """The job, and its log's new lines, about every ``TICK`` seconds until it has
-    finished (the last look after it finished, so with every line)."""
-    client, seen = lab.client, 0
-    while True:
+    finished (the last look once the log has ended too, so with every line).
+
+    The log is followed in a thread of its own (``Client.logs(follow=True)``: the lab's
+    stream of it, each line read once), while this one looks at the job: a look is a
+    small request however long the log grows."""
+    client = lab.client
+    reader = _LogReader(lab, fpga_id, job_id, session_id) if logs else None
+    try:
+        while True:
+            try:
+                job = client.wait(fpga_id, job_id, TICK, check=False, session_id=session_id)
+            except JobTimeout as exc:
+                job = exc.job
+            if job.finished and reader is not None:
+                reader.join(LOG_GRACE)
+            yield job, reader.new_lines() if reader is not None else []
+            if job.finished:
+                return
+    finally:
+        if reader is not None:
+            reader.stop()
+
+
+class _LogReader:
+    """A job's log followed in a daemon thread, its lines handed over in a queue."""
+
+    def __init__(self, lab: Lab, fpga_id: int, job_id: str, session_id: str | None) -> None:
+        self._lines: queue.SimpleQueue[str | BaseException] = queue.SimpleQueue()
+        self._client = lab.new_client()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._read, args=(fpga_id, job_id, session_id), name="fpgalab-log", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, fpga_id: int, job_id: str, session_id: str | None) -> None:
         try:
-            job = client.wait(fpga_id, job_id, TICK, check=False, session_id=session_id)
-        except JobTimeout as exc:
-            job = exc.job
-        new: list[str] = []
-        if logs:
-            lines = list(client.logs(fpga_id, job_id, session_id=session_id))
-            new, seen = lines[seen:], max(seen, len(lines))
-        yield job, new
-        if job.finished:
-            return
+            for line in self._client.logs(fpga_id, job_id, follow=True, session_id=session_id):
+                if self._stopping:
+                    return
+                self._lines.put(line)
+        except Exception as exc:
+            if not self._stopping:
+                self._lines.put(exc)
+        finally:
+            self._client.close()  # its own: closed by the thread that used it
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def new_lines(self) -> list[str]:
+        """The lines read since the last call; the reader's error, once it has failed."""
+        lines: list[str] = []
+        while True:
+            try:
+                item = self._lines.get_nowait()
+            except queue.Empty:
+                return lines
+            if isinstance(item, BaseException):
+                raise item
+            lines.append(item)
+
+    def stop(self) -> None:
+        """Stop following (the thread ends at its next line, or with the process)."""
+        self._stopping = True
 
 
 @dataclass
