@@ -267,3 +267,24 @@ def test_before_is_the_previous_stream_id() -> None:
     """The id before ``ms-0`` is the last possible id of the previous millisecond."""
     assert before("5-3") == "5-2"
     assert before("5-0") == f"4-{2**64 - 1}"
+
+
+async def test_the_scripts_keep_the_event_log_capped(settings: Settings) -> None:
+    """The scripts that make a change trim the event log as they append to it: after
+    thousands of changes it holds about ``event_log_max_entries`` (Redis trims whole
+    nodes of 100 entries: never more than one node over), the newest of them, and
+    counts every one that was ever added."""
+    store = Store.from_url(settings.redis_url or "", settings.model_copy(
+        update={"event_log_max_entries": 300}))  # fmt: skip
+    try:
+        for i in range(1_000):  # a board into maintenance and back, a board event each
+            mode = "maintenance" if i % 2 == 0 else "online"
+            await store.set_health(BOARD, mode, "maintenance" if i % 2 == 0 else "good", "t")
+        info = await store.redis.xinfo_stream(keys.EVENT_LOG)
+        newest = await store.redis.xrevrange(keys.EVENT_LOG, count=1)
+    finally:
+        await store.close()
+    assert info["entries-added"] == 1_000
+    assert 300 <= info["length"] <= 400, info["length"]
+    assert info["last-generated-id"] == newest[0][0]
+    assert json.loads(newest[0][1]["e"])["health"] == "good"  # the last change is there
