@@ -13,6 +13,8 @@ from typing import Any
 from fpgalab.backends.base import (
     DEFAULT_BUILD_TIMEOUT,
     FILENAME_RULE,
+    MAX_BOARDS,
+    NAME_RULE,
     NUM_BOARDS,
     Backend,
     BackendError,
@@ -28,12 +30,15 @@ from fpgalab.backends.base import (
     TransactResult,
     filename_problem,
     lab_data_dir,
+    name_problem,
     span_problem,
 )
 
 __all__ = [
     "DEFAULT_BUILD_TIMEOUT",
     "FILENAME_RULE",
+    "MAX_BOARDS",
+    "NAME_RULE",
     "NUM_BOARDS",
     "REGISTRY",
     "Backend",
@@ -53,6 +58,7 @@ __all__ = [
     "filename_problem",
     "get_backend",
     "lab_data_dir",
+    "name_problem",
     "span_problem",
 ]
 

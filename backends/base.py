@@ -21,13 +21,31 @@ from typing import Any, Protocol, runtime_checkable
 from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT as DEFAULT_BUILD_TIMEOUT
 from fpgalab.hil.gateware.bus import Op, span_problem
 from fpgalab.hil.gateware.designfile import FILENAME_RULE, filename_problem, language_of
-from fpgalab.hil.lab.labfile import NUM_BOARDS
+from fpgalab.hil.lab.labfile import MAX_BOARDS, NAME_RULE, NUM_BOARDS, name_problem
 
 __all__ = [
-    "DEFAULT_BUILD_TIMEOUT", "FILENAME_RULE", "NUM_BOARDS", "Backend", "BackendError",
-    "BackendUnavailable", "BoardError", "Build", "Design", "DesignError", "HealthReport",
-    "LogFn", "Op", "TransactResult", "Transaction", "default_data_dir", "filename_problem",
-    "lab_data_dir", "span_problem",
+    "DEFAULT_BUILD_TIMEOUT",
+    "FILENAME_RULE",
+    "MAX_BOARDS",
+    "NAME_RULE",
+    "NUM_BOARDS",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "BoardError",
+    "Build",
+    "Design",
+    "DesignError",
+    "HealthReport",
+    "LogFn",
+    "Op",
+    "TransactResult",
+    "Transaction",
+    "default_data_dir",
+    "filename_problem",
+    "lab_data_dir",
+    "name_problem",
+    "span_problem",
 ]  # fmt: skip
 
 

@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MutationGuard, routes=mutating, trusted_proxies=settings.trusted_proxies)
     app.add_middleware(HeadAsGet)
     for module in modules:
+        handlers.document_unknown_boards(module.router.routes)
         app.include_router(module.router)
     # GET /metrics, and every request timed by route (outermost: refusals count too)
     app.state.metrics = api_metrics = ApiMetrics()

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from fpgalab.service.datadir import private_dir
 from fpgalab.service.procs import child_dies_with_parent
 from fpgalab.service.settings import Settings
-from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.states import MAX_BOARDS, NUM_BOARDS, SIM_PLATFORM
 
 if TYPE_CHECKING:
     from fpgalab.service.store import Store
@@ -32,7 +32,8 @@ log = logging.getLogger("fpgalab")
 
 
 def parse_boards(text: str) -> list[int]:
-    """``"0-9"``, ``"3"`` or ``"0,2,5-7"`` as board ids, each checked to be 0-9."""
+    """``"0-9"``, ``"3"`` or ``"0,2,5-7"`` as board ids, each checked to be below
+    ``MAX_BOARDS``."""
     boards: set[int] = set()
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
@@ -42,10 +43,52 @@ def parse_boards(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(
                 f"{text!r}: expected ids like 0-9 or 0,2,5-7"
             ) from None
-        if not 0 <= first <= last < NUM_BOARDS:
-            raise argparse.ArgumentTypeError(f"{part!r}: boards are 0-{NUM_BOARDS - 1}")
+        if not 0 <= first <= last < MAX_BOARDS:
+            raise argparse.ArgumentTypeError(f"{part!r}: board ids are 0-{MAX_BOARDS - 1}")
         boards.update(range(first, last + 1))
     return sorted(boards)
+
+
+def parse_board_tags(text: str) -> dict[int, tuple[str, ...]]:
+    """``"0-3=dsp,big;4=slow"`` as each board's tags (sorted); ValueError naming the
+    part that is wrong."""
+    from fpgalab.backends import name_problem
+
+    tags: dict[int, set[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        ids, sep, names = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r}: expected board ids=tags, like 0-3=dsp,big")
+        try:
+            boards = parse_boards(ids)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from None
+        for name in (n.strip() for n in names.split(",")):
+            if problem := name_problem(name):
+                raise ValueError(f"{part!r}: a tag {problem}")
+            for board in boards:
+                tags.setdefault(board, set()).add(name)
+    return {board: tuple(sorted(names)) for board, names in tags.items()}
+
+
+def _inventory(settings: Settings, boards: list[int]) -> dict[int, tuple[str, tuple[str, ...]]]:
+    """What the worker registers of each board: the lab file's platform and tags, or
+    ``sim`` and ``FPGALAB_BOARD_TAGS``'s."""
+    if settings.lab_file is not None:
+        from fpgalab.hil.lab.labfile import LabFileError, load_lab
+
+        try:
+            lab = load_lab(settings.lab_file)
+        except LabFileError as exc:
+            log.error("%s", exc)
+            raise SystemExit(2) from None
+        return {b: (lab.platform, spec.tags if (spec := lab.boards.get(b)) else ()) for b in boards}
+    try:
+        tags = parse_board_tags(settings.board_tags)
+    except ValueError as exc:
+        log.error("FPGALAB_BOARD_TAGS (--tags): %s", exc)
+        raise SystemExit(2) from None
+    return {b: (SIM_PLATFORM, tags.get(b, ())) for b in boards}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -133,6 +176,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             os.getpid(),
         )
     boards = _boards(args, settings)
+    inventory = _inventory(settings, boards)
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -177,7 +221,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis_warned_at: float | None = None
         try:
             while True:
-                worker = Worker(store, backend, boards)
+                worker = Worker(store, backend, boards, inventory=inventory)
                 try:
                     await worker.run()
                     return 0
@@ -285,6 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     served = _boards(args, settings)  # a bad lab file stops us here, before Redis starts
+    _inventory(settings, served)  # and bad tags
     redis: PrivateRedis | None = None
     if settings.redis_url is None:
         redis = PrivateRedis(settings.data_dir / "redis", settings.redis_maxmemory)
@@ -300,9 +345,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lab = ["--lab", str(settings.lab_file)] if settings.lab_file is not None else []
     port = settings.worker_metrics_port
     metrics = ["--metrics-port", str(port)] if port else []
+    tags = ["--tags", settings.board_tags] if settings.board_tags else []
     worker = subprocess.Popen(
         [sys.executable, "-m", "fpgalab.service.cli", "worker", "--boards", boards,
-         "--backend", settings.backend, *lab, *metrics],
+         "--backend", settings.backend, *lab, *metrics, *tags],
         env=worker_env(settings.redis_url), preexec_fn=child_dies_with_parent,
     )  # fmt: skip
     worker_failed = threading.Event()
@@ -364,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lab", dest="lab_file", type=Path,
                        help="the lab file of the hardware backend (FPGALAB_LAB_FILE)")  # fmt: skip
         p.add_argument("--boards", type=parse_boards,
-                       help="e.g. 0-9 or 0,2 (default: the lab file's boards, or all)")  # fmt: skip
+                       help="e.g. 0-9 or 0,2 (default: the lab file's boards, or 0-9)")  # fmt: skip
+        p.add_argument("--tags", dest="board_tags", metavar="SPEC",
+                       help="simulated boards' tags, e.g. '0-3=dsp,big;4=slow' "
+                       "(FPGALAB_BOARD_TAGS; a lab file gives real boards theirs)")  # fmt: skip
 
     def http(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")

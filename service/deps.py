@@ -14,7 +14,7 @@ from fpgalab.service import login
 from fpgalab.service.auth import Caller, KeyRing
 from fpgalab.service.errors import Forbidden, InvalidApiKey
 from fpgalab.service.settings import Settings
-from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.states import MAX_BOARDS
 from fpgalab.service.store import Actor, Store
 from fpgalab.service.waiters import MAX_WAIT, JobWaiters
 
@@ -70,7 +70,14 @@ WaitersDep = Annotated[JobWaiters, Depends(get_waiters)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 ActorDep = Annotated[Actor, Depends(get_actor)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
-FpgaId = Annotated[int, Path(ge=0, le=NUM_BOARDS - 1, description="Board id, 0-9.")]
+FpgaId = Annotated[
+    int,
+    Path(
+        ge=0,
+        le=MAX_BOARDS - 1,
+        description="Board id: one of the lab's boards (GET /fpga lists them; 0-9 by default).",
+    ),
+]
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 IdempotencyKey = Annotated[
     str | None,

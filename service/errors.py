@@ -12,6 +12,7 @@
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
     ├── NotFound                  404 job_not_found | no_active_session | not_found
+    │                                 | fpga_not_found
     │                                 | memory_map_unknown
     ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
     │                                 | fpga_unavailable | job_not_complete
@@ -97,7 +98,9 @@ class Forbidden(LabError):
 
 class NotFound(LabError):
     status = 404
-    codes = frozenset({"job_not_found", "no_active_session", "not_found", "memory_map_unknown"})
+    codes = frozenset(
+        {"job_not_found", "no_active_session", "not_found", "memory_map_unknown", "fpga_not_found"}
+    )
 
 
 class Conflict(LabError):

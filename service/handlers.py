@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from fpgalab.service.errors import ALL_ERRORS, LabError
 from fpgalab.service.models import UNION_TAGS, ErrorResponse
@@ -254,3 +257,20 @@ def responses(*codes: str, text_route: bool = False) -> dict[int | str, dict[str
         if status == 429:
             documented[status]["headers"] = _RETRY_AFTER
     return documented
+
+
+def document_unknown_boards(routes: Iterable[BaseRoute]) -> None:
+    """Every route of one board (``{fpga_id}`` in its path) may answer ``404
+    fpga_not_found``, for a board the lab does not have: added to what each documents."""
+    for route in routes:
+        if not isinstance(route, APIRoute) or "{fpga_id}" not in route.path:
+            continue
+        found = route.responses.get(404)
+        codes = set()
+        if found is not None:
+            codes = set(found["description"].removeprefix("Error codes: ").split(", "))
+        codes.add("fpga_not_found")
+        # its schema given as content: a model added after the route was made is not seen
+        error = responses("fpga_not_found", text_route=True)[404]
+        route.responses[404] = {**(found or error), "description": "Error codes: "
+                                + ", ".join(sorted(codes))}  # fmt: skip

@@ -1,5 +1,9 @@
 """Every Redis key the lab uses, in one place.
 
+fpgalab:inventory             hash   board id -> {"platform", "tags"} (JSON): the lab's boards,
+                                     as the workers that serve them registered them
+fpgalab:platform:{name}       set    ids of the boards of a platform (pools)
+fpgalab:tag:{name}            set    ids of the boards with a tag (pools)
 fpgalab:board:{id}            hash   state, health, session, current job, worker
 fpgalab:board:{id}:queue      stream job ids, consumer group ``workers``
 fpgalab:board:{id}:queued     set    ids of this board's queued jobs
@@ -50,8 +54,11 @@ TEMPLATES = {
     "design": f"{PREFIX}:job:{{id}}:design",
     "caller_queued": f"{PREFIX}:caller:{{id}}:queued",
     "caller_stored": f"{PREFIX}:caller:{{id}}:stored",
+    "platform": f"{PREFIX}:platform:{{id}}",
+    "tag": f"{PREFIX}:tag:{{id}}",
 }
 #: Keys of the whole lab (the Lua scripts get these too).
+INVENTORY = f"{PREFIX}:inventory"
 RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
@@ -76,6 +83,7 @@ def lua_layout() -> dict[str, str]:
         "events": EVENTS,
         "eventlog": EVENT_LOG,
         "metrics": METRICS,
+        "inventory": INVENTORY,
     }
 
 

@@ -40,6 +40,7 @@ NAMES = (
     "boards",
     "ratelimit",
     "append",
+    "register",
 )
 
 

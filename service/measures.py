@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fpgalab.service import keys
-from fpgalab.service.states import BOARD_IDS
 
 if TYPE_CHECKING:
     from fpgalab.service.store import Store
@@ -112,8 +111,9 @@ async def read_lab(store: Store) -> LabReading:
     round_trip = time.perf_counter() - began
     boards = await store.boards()
     workers = sorted({w for _, _, w in boards if w})
+    ids = [i for i, _, _ in boards]
     pipe = store.redis.pipeline(transaction=False)
-    for i in BOARD_IDS:
+    for i in ids:
         pipe.scard(keys.queued(i))
     pipe.zcard(keys.RUNNING)
     pipe.hgetall(keys.METRICS)
@@ -121,8 +121,8 @@ async def read_lab(store: Store) -> LabReading:
         pipe.pttl(keys.worker(w))
         pipe.get(keys.worker(w))
     replies = await pipe.execute()
-    n = len(BOARD_IDS)
-    queued = dict(zip(BOARD_IDS, map(int, replies[:n]), strict=True))
+    n = len(ids)
+    queued = dict(zip(ids, map(int, replies[:n]), strict=True))
     running, flat, beats = int(replies[n]), replies[n + 1], replies[n + 2 :]
     ages = {}
     for w, pttl, info in zip(workers, beats[::2], beats[1::2], strict=True):

@@ -82,6 +82,11 @@ class SessionResponse(SessionInfo):
 
 class FPGASummary(BaseModel):
     fpga_id: int
+    platform: str = Field(
+        description="The board's platform (``sim`` for a simulated board, the lab file's "
+        "for a real one): what a pool submit selects boards by."
+    )
+    tags: list[str] = Field(description="The board's tags, sorted: what pools select by too.")
     state: BoardState
     session: SessionInfo | None = None
     current_job_id: str | None = None
@@ -350,8 +355,11 @@ def session_info(board: dict[str, str]) -> SessionInfo | None:
 
 
 def board_summary(fpga_id: int, board: dict[str, str], worker: str | None) -> FPGASummary:
+    tags = board.get("tags", "")
     return FPGASummary(
         fpga_id=fpga_id,
+        platform=board.get("platform", ""),
+        tags=tags.split(",") if tags else [],
         state=BoardState(board.get("state", BoardState.IDLE)),
         session=session_info(board),
         current_job_id=board.get("current_job_id"),

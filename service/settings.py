@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     backend: str = "sim"
     #: The lab file naming the boards of the ``hardware`` backend (docs/lab.md).
     lab_file: Path | None = None
+    #: Tags of simulated boards (a lab file gives real boards theirs), for pools:
+    #: ``0-3=dsp,big;4=slow`` (ids as ``--boards`` takes them, ``=``, comma-joined tags).
+    board_tags: str = ""
     #: Wall-clock limit of one build (elaboration + compile), seconds.
     build_timeout: float = Field(default=DEFAULT_BUILD_TIMEOUT, gt=0)
     #: Builds at once on a lab host (its workers sharing a data folder); 0: as many as

@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 
-from fpgalab.backends import NUM_BOARDS as NUM_BOARDS  # re-exported: the lab's vocabulary
+from fpgalab.backends import MAX_BOARDS as MAX_BOARDS  # re-exported: the lab's vocabulary
+from fpgalab.backends import NUM_BOARDS as NUM_BOARDS
 
-#: Boards in the lab; ``fpga_id`` is ``0 .. NUM_BOARDS - 1`` (the lab file's rule too).
+#: The boards a worker serves when nothing says which: the prototype's ten. The lab's
+#: boards are those its workers registered (``fpgalab:inventory``), any ids below
+#: ``MAX_BOARDS`` (the lab file's rule too).
 BOARD_IDS = range(NUM_BOARDS)
+#: The platform of a simulated board (a real board's is its lab file's).
+SIM_PLATFORM = "sim"
 
 
 class BoardState(StrEnum):

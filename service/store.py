@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,11 @@ from redis.exceptions import ResponseError
 
 from fpgalab.service import keys
 from fpgalab.service.audit import AuditLog
+from fpgalab.service.errors import NotFound
 from fpgalab.service.lua import Scripts
 from fpgalab.service.ratelimit import RateLimiter
 from fpgalab.service.settings import Settings
-from fpgalab.service.states import BOARD_IDS, BoardState, Health
+from fpgalab.service.states import BoardState, Health
 
 #: Most log lines appended by one script call.
 _APPEND_BATCH = 1000
@@ -128,24 +129,47 @@ class Store:
         return int(info["used_memory"]), int(info["maxmemory"]), str(info["maxmemory_policy"])
 
     async def boards(
-        self, ids: Iterable[int] = BOARD_IDS
+        self, ids: Iterable[int] | None = None
     ) -> list[tuple[int, dict[str, str], str | None]]:
-        """(id, board hash, live worker) for each board, in one round trip."""
-        ids = list(ids)
+        """(id, board hash, live worker) for each board of ``ids``, or of the inventory
+        (every board a worker registered, by id), in one round trip. A registered board's
+        hash carries its ``platform`` and ``tags`` (comma-joined) from the inventory; an
+        unregistered one's has no ``platform``."""
         # one script call, not a 2n-command pipeline: redis-py's cost is per reply
-        replies = await self.scripts.call("boards", *ids)
-        return [
-            (i, dict(zip(flat[::2], flat[1::2], strict=True)), worker or None)
-            for i, (flat, worker) in zip(ids, replies, strict=True)
-        ]
+        replies = await self.scripts.call("boards", *(ids or ()))
+        rows = []
+        for fpga_id, flat, worker, entry in replies:
+            record = dict(zip(flat[::2], flat[1::2], strict=True))
+            if entry:
+                inventory = json.loads(entry)
+                record["platform"], record["tags"] = inventory["platform"], inventory["tags"]
+            rows.append((int(fpga_id), record, worker or None))
+        return rows
 
     async def board(self, fpga_id: int) -> tuple[dict[str, str], str | None]:
+        """A registered board's hash and live worker; ``fpga_not_found`` for another."""
         [(_, record, worker)] = await self.boards([fpga_id])
+        if "platform" not in record:
+            raise NotFound("fpga_not_found", f"The lab has no FPGA {fpga_id}: no worker has "
+                           "registered a board with that id.")  # fmt: skip
         return record, worker
 
-    async def ready_boards(self, ids: Iterable[int] = BOARD_IDS) -> list[int]:
-        """The boards of ``ids`` that are ready (``board_ready``), in one round trip."""
-        return [i for i, record, worker in await self.boards(ids) if board_ready(record, worker)]
+    async def ready_boards(self, ids: Iterable[int] | None = None) -> list[int]:
+        """The registered boards (of ``ids``) that are ready (``board_ready``), in one
+        round trip."""
+        return [
+            i
+            for i, record, worker in await self.boards(ids)
+            if "platform" in record and board_ready(record, worker)
+        ]
+
+    async def register_boards(self, boards: Mapping[int, tuple[str, Sequence[str]]]) -> int:
+        """Put boards in the lab's inventory: id -> (platform, tags). How many changed."""
+        args: list[object] = []
+        for fpga_id, (platform, tags) in sorted(boards.items()):
+            args += [fpga_id, platform, ",".join(sorted(set(tags)))]
+        reply = await self.scripts.call("register", *args)
+        return int(reply["registered"])
 
     async def job(self, job_id: str) -> dict[str, str]:
         return await self.redis.hgetall(keys.job(job_id))
@@ -285,11 +309,12 @@ class Store:
             self.settings.job_retention,
         )  # fmt: skip
 
-    async def expired_sessions(self, ids: Iterable[int]) -> list[tuple[int, str]]:
-        """(board, session id) of the given boards whose session expiry has passed."""
-        wanted = {str(i) for i in ids}
+    async def expired_sessions(self, ids: Iterable[int] | None = None) -> list[tuple[int, str]]:
+        """(board, session id) of the boards (of ``ids``) whose session expiry has passed."""
         due = await self.redis.zrangebyscore(keys.SESSION_EXPIRY, "-inf", time.time())
-        due = [d for d in due if d in wanted]
+        if ids is not None:
+            wanted = {str(i) for i in ids}
+            due = [d for d in due if d in wanted]
         if not due:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ from fpgalab.backends import (
     Op,
     Transaction,
 )
-from fpgalab.service.states import BOARD_IDS, BoardState, Event, Health, JobStatus, JobType
+from fpgalab.service.states import SIM_PLATFORM, BoardState, Event, Health, JobStatus, JobType
 from fpgalab.service.store import LeaseLost, Store, new_id
 from fpgalab.service.text import one_line
 
@@ -192,10 +192,14 @@ class Worker:
         backend: Backend,
         boards: Sequence[int],
         worker_id: str | None = None,
+        inventory: Mapping[int, tuple[str, Sequence[str]]] | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.boards = sorted(set(boards))
+        #: What the worker registers of each board (platform, tags); by default each is
+        #: a ``sim`` board without tags.
+        self.inventory = {b: (inventory or {}).get(b, (SIM_PLATFORM, ())) for b in self.boards}
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.settings = store.settings
         self._pool = ThreadPoolExecutor(len(self.boards) + 2, thread_name_prefix="backend")
@@ -219,6 +223,7 @@ class Worker:
             await self.store.drop_worker(self.id, self.boards)
             held = ", ".join(f"{b} by {h}" for b, h in taken.items())
             raise BoardTaken(f"boards already held by live workers: {held}")
+        await self.store.register_boards(self.inventory)
         log.info(
             "worker %s serving boards %s with backend %s", self.id, self.boards, self.backend.name
         )
@@ -262,6 +267,9 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await self._heartbeat_once()
+                # again at every beat (a no-op unless it changed): a Redis that lost its
+                # data (restarted without persistence) has the boards back within a beat
+                await self.store.register_boards(self.inventory)
                 for b in self.boards:
                     holder = await self.store.claim_board(b, self.id)
                     if holder != self.id and b not in self._lost:
@@ -292,7 +300,7 @@ class Worker:
     async def _expire_sessions(self) -> None:
         # every board, not only ours: a session ends on time even while no worker
         # holds its board (the reset then waits in the queue for one)
-        for board, session_id in await self.store.expired_sessions(BOARD_IDS):
+        for board, session_id in await self.store.expired_sessions():
             reply = await self.store.expire(board, session_id)
             if reply.get("action") == "reset":
                 log.info("board %d: session expired, reset job %s queued", board, reply["job_id"])

@@ -20,7 +20,7 @@ from fpgalab.service.states import BOARD_IDS
 from fpgalab.service.store import Store
 from fpgalab.service.worker import BLOCK_MS, Worker
 from tests.fakes import FakeBackend
-from tests.helpers import REPO, RedisServer, serve, wait_for
+from tests.helpers import REPO, RedisServer, register_lab, serve, wait_for
 
 EXAMPLES = REPO / "docs" / "examples"
 
@@ -120,9 +120,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """The session's Redis, emptied for this test."""
+    """The session's Redis, emptied for this test, but for the lab's ten boards in its
+    inventory (``register_lab``)."""
     with redis.Redis.from_url(redis_server.url) as r:
         r.flushall()
+    register_lab(redis_server.url)
     return redis_server.url
 
 

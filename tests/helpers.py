@@ -13,12 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from fpgalab.service.app import create_app
 from fpgalab.service.settings import Settings
@@ -343,3 +344,16 @@ def signal_masks(pid: int) -> str:
     return " ".join(
         line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
     )
+
+
+def register_lab(redis_url: str, boards: Iterable[int] = range(10), platform: str = "sim") -> None:
+    """Put ``boards`` in the lab's inventory, as the workers of a lab of ten simulated
+    boards do at their start (``register.lua``, run as the store runs it): a test's lab
+    has its boards whether or not a worker serves them yet."""
+    from fpgalab.service.lua import source
+
+    args: list[object] = []
+    for board in boards:
+        args += [board, platform, ""]
+    with redis.Redis.from_url(redis_url) as r:
+        r.eval(source("register"), 0, *args)

@@ -3,12 +3,14 @@
 A TOML file (``docs/lab.md`` documents every field)::
 
     [lab]
-    platform = "radiona_ulx3s"     # a LiteX platform (hil.platforms)
+    platform = "radiona_ulx3s"     # a LiteX platform (hil.platforms); the boards' pool
     device = "LFE5U-25F"
     baudrate = 1000000             # UARTBone's rate, built into the gateware
+    tags = ["rack-a"]              # every board's tags (pools), optional
 
     [[board]]
     id = 0
+    tags = ["usb-hub-1"]           # this board's own, added to the lab's, optional
     bridge = { kind = "uart", port = "/dev/serial/by-id/usb-FTDI_..._D00123-if00-port0" }
     program = { board = "ulx3s", ftdi_serial = "D00123" }
     power_cycle = ["uhubctl", "-l", "1-1", "-p", "2", "-a", "cycle"]
@@ -26,7 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The boards a lab has when nothing says otherwise: ids 0-9 (the prototype's ten).
 NUM_BOARDS = 10
+#: Board ids are below this, in every lab (a lab file's, ``--boards``).
+MAX_BOARDS = 10_000
+#: A platform's or a tag's name (pools select boards by them): lower case, digits,
+#: ``_ . -``, up to 32 characters, starting with a letter or a digit.
+NAME_RULE = "1 to 32 of a-z 0-9 _ . - (starting with a letter or a digit)"
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a platform or a tag (``NAME_RULE``), or None."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return f"{name!r} is not {NAME_RULE}"
+    return None
+
+
 #: Marks where the bitstream's path goes in a programming command.
 BITSTREAM = "{bitstream}"
 
@@ -95,6 +113,8 @@ class BoardSpec:
     program: Programmer
     #: A command that power-cycles the board (a USB hub port, a relay), if there is one.
     power_cycle: tuple[str, ...] | None = None
+    #: Its tags (the lab's and its own, sorted): what pools select boards by.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,14 @@ class _Fields:
                 f"{self.where}: {name}: expected a non-empty list of non-empty strings"
             )
         return tuple(value) if value is not None else None
+
+    def names(self, name: str) -> tuple[str, ...]:
+        """A list of platform/tag names (``NAME_RULE``), none by default."""
+        value = self._get(name, (list,), "a list of tags", [])
+        for one in value:
+            if problem := name_problem(one):
+                raise LabFileError(f"{self.where}: {name}: {problem}")
+        return tuple(value)
 
     def table_(self, name: str) -> _Fields:
         self.used.add(name)
@@ -253,15 +281,18 @@ def parse_lab(text: str, source: str = "lab file") -> Lab:
     top = _Fields(data, source)
     lab = top.table_("lab") if "lab" in data else _Fields({}, f"{source}: [lab]")
     platform = lab.text("platform", DEFAULT_PLATFORM)
+    if problem := name_problem(platform):
+        raise LabFileError(f"{lab.where}: platform: {problem}")
     device = lab.text("device", DEFAULT_DEVICE)
     baudrate = lab.integer("baudrate", DEFAULT_BAUDRATE, low=9600, high=12_000_000)
+    lab_tags = lab.names("tags")
     lab.done()
     rows = top._get("board", (list,), "an array of [[board]] tables", _REQUIRED)
     top.done()
     boards: dict[int, BoardSpec] = {}
     for n, row in enumerate(rows):
         fields = _Fields(row, f"{source}: board #{n + 1}")
-        board = fields.integer("id", _REQUIRED, low=0, high=NUM_BOARDS - 1)
+        board = fields.integer("id", _REQUIRED, low=0, high=MAX_BOARDS - 1)
         fields.where = f"{source}: board {board}"
         if board in boards:
             raise LabFileError(f"{fields.where}: id: board {board} is described twice")
@@ -270,6 +301,7 @@ def parse_lab(text: str, source: str = "lab file") -> Lab:
             bridge=_bridge(fields.table_("bridge"), baudrate),
             program=_programmer(fields.table_("program")),
             power_cycle=fields.command("power_cycle"),
+            tags=tuple(sorted({*lab_tags, *fields.names("tags")})),
         )
         fields.done()
         boards[board] = spec

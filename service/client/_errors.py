@@ -16,6 +16,7 @@
         │                                ├ NotSessionOwner        not_session_owner
         │                                └ SessionMismatch        session_mismatch
         ├── NotFound                 404 ┬ JobNotFound            job_not_found
+        │                                ├ FpgaNotFound           fpga_not_found
         │                                ├ NoActiveSession        no_active_session
         │                                ├ MemoryMapUnknown       memory_map_unknown
         │                                └ RouteNotFound          not_found
@@ -184,6 +185,10 @@ class NotFound(LabError):
 
 class JobNotFound(NotFound):
     CODE = "job_not_found"
+
+
+class FpgaNotFound(NotFound):
+    CODE = "fpga_not_found"
 
 
 class NoActiveSession(NotFound):

@@ -122,6 +122,15 @@ class _Body:
         value = self.get(key, True)
         return None if value is None else self.string(key)
 
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings; none if the lab does not send it (an older lab)."""
+        value = self.get(key, True)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong(key, "a list of strings")
+        return tuple(value)
+
     def time(self, key: str) -> datetime:
         try:
             return datetime.fromisoformat(self.string(key))
@@ -245,6 +254,10 @@ class Board:
     #: The worker holding the board (None: no live worker).
     worker: str | None = None
     updated_at: datetime | None = None
+    #: Its platform (``sim``; a real board's lab file's) and tags: what pools select by
+    #: (empty from a lab older than pools).
+    platform: str = ""
+    tags: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -266,6 +279,8 @@ class Board:
             health_reason=b.opt_string("health_reason"),
             worker=b.opt_string("worker"),
             updated_at=b.opt_time("updated_at"),
+            platform=b.opt_string("platform") or "",
+            tags=b.strings("tags"),
         )
 
 

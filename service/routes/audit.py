@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fpgalab.service.deps import AdminDep, StoreDep
 from fpgalab.service.handlers import responses
 from fpgalab.service.models import AuditEntry, audit_entry
-from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.states import MAX_BOARDS
 
 router = APIRouter(tags=["audit"])
 
@@ -19,7 +19,7 @@ async def read_audit(
     store: StoreDep,
     _: AdminDep,
     fpga_id: Annotated[
-        int | None, Query(ge=0, le=NUM_BOARDS - 1, description="Only calls on this board.")
+        int | None, Query(ge=0, le=MAX_BOARDS - 1, description="Only calls on this board.")
     ] = None,
     caller: Annotated[
         str | None, Query(min_length=1, max_length=100, description="Only this caller's calls.")

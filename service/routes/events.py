@@ -12,7 +12,7 @@ from fpgalab.service.deps import CallerDep, StoreDep
 from fpgalab.service.errors import Forbidden, NotFound
 from fpgalab.service.events import EventHub, Filter, stream
 from fpgalab.service.handlers import responses
-from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.states import MAX_BOARDS
 
 router = APIRouter(tags=["events"])
 
@@ -38,7 +38,7 @@ async def get_filter(
     caller: CallerDep,
     store: StoreDep,
     fpga_id: Annotated[
-        int | None, Query(ge=0, le=NUM_BOARDS - 1, description="Only this board's events.")
+        int | None, Query(ge=0, le=MAX_BOARDS - 1, description="Only this board's events.")
     ] = None,
     job_id: JobFilter = None,
 ) -> Filter:

@@ -11,7 +11,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from fpgalab.service.deps import SettingsDep, StoreDep
 from fpgalab.service.models import BoardCounts, HealthResponse, RedisMemory
-from fpgalab.service.states import NUM_BOARDS
+from fpgalab.service.store import board_ready
 
 router = APIRouter(tags=["health"])
 
@@ -48,8 +48,9 @@ async def health(store: StoreDep, settings: SettingsDep) -> HealthResponse | JSO
     deadline = settings.redis_timeout
     try:
         await asyncio.wait_for(store.ping(), timeout=deadline)
-        ready = await asyncio.wait_for(store.ready_boards(), timeout=deadline)
-        boards = BoardCounts(ready=len(ready), total=NUM_BOARDS)
+        rows = await asyncio.wait_for(store.boards(), timeout=deadline)
+        ready = [i for i, record, worker in rows if board_ready(record, worker)]
+        boards = BoardCounts(ready=len(ready), total=len(rows))
         used, limit, policy = await asyncio.wait_for(store.memory(), timeout=deadline)
     except NoPermissionError:  # a shared Redis whose lab user may not run INFO
         return HealthResponse(

@@ -3,6 +3,10 @@
 -- (an admin).
 -- ARGV: fpga_id mode health reason worker_id
 local id, mode, health, reason, wid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if mode ~= 'check' then
+  local missing = unknown_board(id)
+  if missing then return missing end
+end
 local b = board_key(id)
 local current = hget(b, 'health') or 'unknown'
 -- checked by this worker, even if maintenance hides the result until an admin's online

@@ -26,6 +26,7 @@ local EXPIRY = LAYOUT.expiry
 local EVENTS = LAYOUT.events
 local EVENTLOG = LAYOUT.eventlog
 local EVENTLOG_MAX = @EVENTLOG_MAX@
+local INVENTORY = LAYOUT.inventory
 
 local function hget(key, field)
   local v = redis.call('HGET', key, field)
@@ -75,6 +76,14 @@ end
 
 local function fail(code, message)
   return cjson.encode({err = code, message = message})
+end
+
+-- nil, or the refusal of a call on a board the lab does not have: the lab's boards are
+-- those a worker registered (register.lua), whether or not one serves them now.
+local function unknown_board(id)
+  if redis.call('HEXISTS', INVENTORY, id) == 1 then return nil end
+  return fail('fpga_not_found', 'The lab has no FPGA ' .. id .. ': no worker has ' ..
+    'registered a board with that id.')
 end
 
 local function ok(value)

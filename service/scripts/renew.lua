@@ -1,6 +1,8 @@
 -- Extend the board's session by `seconds`, never past its hard maximum lifetime.
 -- ARGV: fpga_id caller admin session_header seconds
 local id, caller, admin, header, seconds = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local missing = unknown_board(id)
+if missing then return missing end
 local b = board_key(id)
 if not hget(b, 'session_id') then
   return fail('no_active_session', 'FPGA ' .. id .. ' has no active session.')

@@ -8,6 +8,10 @@ local b = board_key(id)
 local sid = hget(b, 'session_id')
 local state = board_state(id)
 local t = now()
+if mode ~= 'expire' then
+  local missing = unknown_board(id)
+  if missing then return missing end
+end
 
 if mode == 'expire' then
   local expires = tonumber(hget(b, 'session_expires_at') or '0')

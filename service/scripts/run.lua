@@ -8,6 +8,8 @@ local idem_key, fingerprint, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local per_board, per_caller = tonumber(ARGV[10]), tonumber(ARGV[11])
 local budget, window = tonumber(ARGV[12]), tonumber(ARGV[13])
 
+local missing = unknown_board(id)
+if missing then return missing end
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then return replay end
 

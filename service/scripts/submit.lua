@@ -14,6 +14,8 @@ local per_board, per_caller = tonumber(ARGV[13]), tonumber(ARGV[14])
 local admin, max_boards = ARGV[15], tonumber(ARGV[16])
 local budget, window = tonumber(ARGV[17]), tonumber(ARGV[18])
 
+local missing = unknown_board(id)
+if missing then return missing end
 local replay = idem_lookup(idem_key, fingerprint)
 if replay then return replay end
 

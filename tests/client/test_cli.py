@@ -95,12 +95,14 @@ def test_boards_in_plain_text_and_json(fake_lab: LiveLab) -> None:
     plain = fpgalab(fake_lab, "boards")
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
-    assert lines[0].split() == ["BOARD", "STATE", "HEALTH", "SESSION", "JOB"]
-    assert [line.split()[:3] for line in lines[1:]] == [[str(i), "idle", "good"] for i in range(10)]
+    assert lines[0].split() == ["BOARD", "PLATFORM", "TAGS", "STATE", "HEALTH", "SESSION", "JOB"]
+    rows = [line.split()[:5] for line in lines[1:]]
+    assert rows == [[str(i), "sim", "-", "idle", "good"] for i in range(10)]
     assert "\x1b" not in plain.stdout
     doc = json.loads(fpgalab(fake_lab, "boards", "--json").stdout)
     assert [b["fpga_id"] for b in doc] == list(range(10))
     assert doc[0]["state"] == "idle" and doc[0]["session"] is None
+    assert doc[0]["platform"] == "sim" and doc[0]["tags"] == []
 
 
 def test_a_session_from_submit_to_release(fake_lab: LiveLab, tmp_path: Path) -> None:

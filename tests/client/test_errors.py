@@ -79,7 +79,8 @@ def test_open_lab_refusals(fake_lab: LiveLab, lab_client: Client) -> None:
     wrong state, refused uploads and an oversized head are each raised as their class."""
     lab = lab_client
     cases = [
-        (fc.ValidationError, lambda: lab.board(10)),
+        (fc.ValidationError, lambda: lab.board(10_000)),
+        (fc.FpgaNotFound, lambda: lab.board(10)),
         (fc.JobNotFound, lambda: lab.job(0, "no-such-job")),
         (fc.NoActiveSession, lambda: lab.session(3)),
         (fc.NoActiveSession, lambda: lab.release(3)),

@@ -100,15 +100,29 @@ async def test_get_board(lab: httpx.AsyncClient) -> None:
     assert body == (await lab.get("/fpga")).json()[3]
 
 
-@pytest.mark.parametrize("bad", ["-1", "10", "abc", "3.5", "1e0"])
+@pytest.mark.parametrize("bad", ["-1", "10000", "abc", "3.5", "1e0"])
 @pytest.mark.parametrize(("method", "path", "kw"), BOARD_ROUTES, ids=lambda v: str(v))
 async def test_bad_fpga_id_is_a_validation_error(
     client: httpx.AsyncClient, method: str, path: str, kw: dict[str, Any], bad: str
 ) -> None:
-    """An fpga_id outside 0-9 or not an integer is 422 validation_error naming fpga_id."""
+    """An fpga_id outside 0-9999 or not an integer is 422 validation_error naming
+    fpga_id."""
     r = await client.request(method, path.replace("{id}", bad), **kw)
     err = assert_error(r, 422, "validation_error")
     assert names_field(err["message"], "fpga_id"), err
+
+
+@pytest.mark.parametrize(("method", "path", "kw"), BOARD_ROUTES, ids=lambda v: str(v))
+async def test_a_board_the_lab_does_not_have_is_not_found(
+    client: httpx.AsyncClient, method: str, path: str, kw: dict[str, Any]
+) -> None:
+    """A board id no worker registered (the lab has boards 0-9) is 404: fpga_not_found
+    naming it, or, for a job's routes, job_not_found (no job is on a board that is not
+    there)."""
+    r = await client.request(method, path.replace("{id}", "10"), **kw)
+    code = "job_not_found" if "/jobs/" in path else "fpga_not_found"
+    err = assert_error(r, 404, code)
+    assert "10" in err["message"], err
 
 
 # -- submit, run, reset, jobs, sessions ------------------------------------------------------

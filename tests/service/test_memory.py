@@ -15,7 +15,7 @@ import redis
 from fpgalab.service.redisproc import PrivateRedis
 from fpgalab.service.settings import Settings
 from fpgalab.service.store import Store
-from tests.helpers import RedisServer, assert_error, serve, submit
+from tests.helpers import RedisServer, assert_error, register_lab, serve, submit
 
 ALICE = {"X-API-Key": "alice-key"}
 OPS = {"X-API-Key": "ops-key"}  # admin
@@ -84,6 +84,7 @@ async def test_a_full_redis_refuses_new_work_and_evicts_nothing(
     lab = settings.model_copy(
         update={"redis_url": small_redis.url, "api_keys": "alice=alice-key,ops=ops-key:admin"}
     )
+    register_lab(small_redis.url)
     with redis.Redis.from_url(small_redis.url, decode_responses=True) as r:
         async with serve(lab) as c:
             store = Store.from_url(small_redis.url, lab)

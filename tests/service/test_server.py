@@ -281,13 +281,20 @@ def test_serve_with_an_unknown_backend_names_the_valid_ones(
     assert "hardware" in out and "sim" in out
 
 
-def test_worker_refuses_boards_outside_0_to_9(fpgalab: Callable[..., Proc]) -> None:
-    """``fpgalab worker --boards 12`` is refused with a message that boards are 0-9."""
-    p = fpgalab("worker", "--boards", "12", "--backend", "tests.fakes:FakeBackend")
+def test_worker_refuses_board_ids_past_the_most(fpgalab: Callable[..., Proc]) -> None:
+    """``fpgalab worker --boards 10000`` is refused with a message that board ids are
+    0-9999; a bad ``--tags`` is refused naming what is wrong."""
+    p = fpgalab("worker", "--boards", "10000", "--backend", "tests.fakes:FakeBackend")
     code = p.proc.wait(START_TIMEOUT)
     assert code == 2
     out = p.output()
-    assert "--boards" in out and "boards are 0-9" in out
+    assert "--boards" in out and "board ids are 0-9999" in out
+    for spec, says in [("0-3", "expected board ids=tags"), ("0=Big", "'Big' is not 1 to 32"),
+                       ("12000=x", "board ids are 0-9999")]:  # fmt: skip
+        p = fpgalab("worker", "--boards", "0", "--tags", spec,
+                    "--backend", "tests.fakes:FakeBackend")  # fmt: skip
+        assert p.proc.wait(START_TIMEOUT) == 2
+        assert says in p.output() and "FPGALAB_BOARD_TAGS (--tags)" in p.output()
 
 
 #: A lab file with a mistake in board 3's bridge: its port is missing.

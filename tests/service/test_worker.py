@@ -33,6 +33,7 @@ from tests.helpers import (
     assert_error,
     board,
     job,
+    register_lab,
     reserve,
     reset_to_idle,
     serve,
@@ -81,7 +82,7 @@ def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
     procs: list[WorkerProc] = []
 
     def spawn(
-        boards: str, backend: str = "tests.fakes:FakeBackend", url: str = redis_url
+        boards: str, backend: str = "tests.fakes:FakeBackend", url: str = redis_url, *more: str
     ) -> WorkerProc:
         log = tmp_path / f"worker-{len(procs)}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FPGALAB_")}
@@ -94,7 +95,7 @@ def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[SpawnWorker]:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fpgalab.service.cli", "worker", "--boards", boards,
-                 "--backend", backend, "--redis-url", url],
+                 "--backend", backend, "--redis-url", url, *more],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         worker = WorkerProc(proc, log)
@@ -119,7 +120,7 @@ async def wait_serving(store: Store, w: WorkerProc, fpga_id: int) -> str:
         if w.proc.poll() is not None:
             raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.output()}")
         holder = await lease_holder(store, fpga_id)
-        record, _ = await store.board(fpga_id)
+        [(_, record, _)] = await store.boards([fpga_id])
         return holder if holder and record.get("health") == "good" else None
 
     return await wait_for(ready, timeout=20)  # type: ignore[no-any-return]
@@ -309,6 +310,29 @@ async def test_workers_with_disjoint_boards_share_one_redis(
         fake_b.close()
 
 
+async def test_a_worker_registers_its_boards_and_registers_them_again(
+    client: httpx.AsyncClient, store: Store, spawn_worker: SpawnWorker, redis_url: str
+) -> None:
+    """``fpgalab worker --boards 12-13 --tags ...`` puts boards 12 and 13 in the lab, with
+    platform ``sim`` and their tags, shown by GET /fpga; a Redis that lost them (restarted
+    empty) has them back within a heartbeat."""
+    w = spawn_worker("12-13", "tests.fakes:FakeBackend", redis_url, "--tags", "12=dsp,big;13=slow")
+    await wait_serving(store, w, 13)
+    listed = {b["fpga_id"]: b for b in (await client.get("/fpga")).json()}
+    assert list(listed) == [*range(10), 12, 13]  # the test lab's ten, and these two
+    assert (listed[12]["platform"], listed[12]["tags"]) == ("sim", ["big", "dsp"])
+    assert (listed[13]["platform"], listed[13]["tags"]) == ("sim", ["slow"])
+    assert (await client.get("/fpga/11")).status_code == 404
+    await store.redis.flushall()
+
+    async def back() -> bool:
+        return (await client.get("/fpga/12")).status_code == 200
+
+    await wait_for(back, timeout=5)
+    assert (await client.get("/fpga/12")).json()["tags"] == ["big", "dsp"]
+    assert [b["fpga_id"] for b in (await client.get("/fpga")).json()] == [12, 13]
+
+
 async def test_expired_lease_lets_another_worker_take_the_board(
     client: httpx.AsyncClient,
     store: Store,
@@ -360,6 +384,7 @@ async def test_health_reports_redis_down_and_the_api_recovers(
     """With Redis down /health is 503 degraded and routes answer 503 redis_unavailable;
     once Redis is back on the same port the API answers again on its own."""
     server = RedisServer(tmp_path / "redis-down").start()
+    register_lab(server.url)
     restarted: RedisServer | None = None
     try:
         async with serve(settings.model_copy(update={"redis_url": server.url})) as c:
@@ -383,6 +408,7 @@ async def test_health_reports_redis_down_and_the_api_recovers(
                 assert_error(reply, 503, "redis_unavailable")
 
             restarted = RedisServer(server.folder, port=server.port).start()
+            register_lab(restarted.url)  # empty: its workers register their boards again
 
             async def healthy() -> bool:
                 return (await c.get("/health")).status_code == 200

@@ -41,7 +41,10 @@ def boards(ctx: typer.Context, url: Url = None, key: Key = None, as_json: Json =
         here.out.document(rows)
         return
     now = datetime.now(UTC)
-    here.out.table(["BOARD", "STATE", "HEALTH", "SESSION", "JOB"], [_row(b, now) for b in rows])
+    here.out.table(
+        ["BOARD", "PLATFORM", "TAGS", "STATE", "HEALTH", "SESSION", "JOB"],
+        [_row(b, now) for b in rows],
+    )
 
 
 def _row(board: BoardRecord, now: datetime) -> list[Piece]:
@@ -55,6 +58,8 @@ def _row(board: BoardRecord, now: datetime) -> list[Piece]:
         held = f"{board.session.owner}, {_left(board.session.expires_at, now)}"
     return [
         str(board.fpga_id),
+        board.platform or "-",
+        ",".join(board.tags) or "-",
         (str(board.state), STATE_STYLE.get(board.state, "")),
         (health, HEALTH_STYLE.get(board.health, "")),
         held,

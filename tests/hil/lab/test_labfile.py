@@ -90,7 +90,8 @@ def test_a_programmer_that_would_write_the_flash_is_refused(program: str, flag: 
         ("[lab]\n", "lab.toml: board: missing (expected an array of [[board]] tables)"),
         ("board = []\n", "lab.toml: no [[board]] in the lab"),
         ("[[board]\n", "lab.toml: not valid TOML: "),
-        (BOARD.replace("id = 3", "id = 10"), "lab.toml: board #1: id: 10 is out of range 0-9"),
+        (BOARD.replace("id = 3", "id = 10000"),
+         "lab.toml: board #1: id: 10000 is out of range 0-9999"),
         (BOARD + BOARD, "lab.toml: board 3: id: board 3 is described twice"),
         (BOARD.replace('port = "socket://127.0.0.1:4000"', "prt = 1"),
          "lab.toml: board 3: bridge: port: missing (expected a string)"),
@@ -131,8 +132,8 @@ def test_the_worker_refuses_a_bad_lab_file_at_start(
     """`fpgalab worker --lab` with a bad file stops at once, status 2 (a configuration
     error), with the file's problem."""
     bad = tmp_path / "lab.toml"
-    bad.write_text(BOARD.replace("id = 3", "id = 12"))
+    bad.write_text(BOARD.replace("id = 3", "id = 12000"))
     with pytest.raises(SystemExit) as stopped:
         main(["worker", "--backend", "hardware", "--lab", str(bad)])
     assert stopped.value.code == 2
-    assert "board #1: id: 12 is out of range 0-9" in caplog.text
+    assert "board #1: id: 12000 is out of range 0-9999" in caplog.text
