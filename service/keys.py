@@ -18,6 +18,7 @@ fpgalab:jobs:running          zset   job id -> start time, for lost-worker check
 fpgalab:sessions:expiry       zset   fpga id -> session expiry time
 fpgalab:caller:{name}:queued  set    ids of the caller's queued jobs (per-caller limit)
 fpgalab:caller:{name}:stored  hash   bytes the caller stored, per slot of the budget window
+fpgalab:caller:{name}:boards  set    ids of the boards whose session the caller holds
 fpgalab:ratelimit:{name}      hash   the caller's token bucket: tokens, at (TTL: refill time)
 fpgalab:ratelimit:{name}:board:{id}
                               hash   the caller's bucket for runs on board {id} while its
@@ -54,6 +55,7 @@ TEMPLATES = {
     "design": f"{PREFIX}:job:{{id}}:design",
     "caller_queued": f"{PREFIX}:caller:{{id}}:queued",
     "caller_stored": f"{PREFIX}:caller:{{id}}:stored",
+    "caller_boards": f"{PREFIX}:caller:{{id}}:boards",
     "platform": f"{PREFIX}:platform:{{id}}",
     "tag": f"{PREFIX}:tag:{{id}}",
 }

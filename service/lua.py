@@ -1,7 +1,7 @@
 """The Lua scripts that change lab state atomically on the Redis server.
 
 Each ``scripts/NAME.lua`` is prepended with ``scripts/lib.lua`` (with the board
-transition table and the number of boards from ``service.states``, the key layout
+transition table from ``service.states``, the key layout
 from ``service.keys`` and the event log's cap, substituted in) and registered once;
 redis-py runs it by SHA and reloads it if the server forgot it (after a restart).
 """
@@ -19,7 +19,7 @@ from redis.commands.core import AsyncScript
 from fpgalab.service import keys
 from fpgalab.service.errors import lab_error
 from fpgalab.service.measures import DURATION_BUCKETS
-from fpgalab.service.states import NUM_BOARDS, transitions_json
+from fpgalab.service.states import transitions_json
 
 #: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
 RAW_REPLIES = frozenset({"claim", "boards", "ratelimit"})
@@ -55,7 +55,6 @@ def source(name: str, event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> str:
     if name in STANDALONE:
         return body
     lib = (folder / "lib.lua").read_text().replace("@TRANSITIONS@", transitions_json())
-    lib = lib.replace("@NUM_BOARDS@", str(NUM_BOARDS))
     lib = lib.replace("@LAYOUT@", json.dumps(keys.lua_layout()))
     lib = lib.replace("@BUCKETS@", json.dumps(DURATION_BUCKETS))
     lib = lib.replace("@EVENTLOG_MAX@", str(int(event_log_max)))

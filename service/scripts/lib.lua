@@ -129,6 +129,8 @@ local SESSION_FIELDS = {'session_id', 'session_owner', 'session_created_at',
                         'session_expires_at', 'session_max_expires_at'}
 
 local function close_session(id)
+  local owner = hget(board_key(id), 'session_owner')
+  if owner then redis.call('SREM', key('caller_boards', owner), id) end
   if hget(board_key(id), 'session_id') then board_event(id, {session = 'ended'}) end
   redis.call('HDEL', board_key(id), unpack(SESSION_FIELDS))
   redis.call('ZREM', EXPIRY, id)
@@ -292,7 +294,6 @@ end
 -- What one caller may hold: boards (its open sessions) and stored bytes (designs, run
 -- requests, logs, results) over a rolling window, counted per slot of BUDGET_SLOTS slots
 -- in one hash per caller. Admins are held to neither (the scripts check `admin`).
-local NUM_BOARDS = @NUM_BOARDS@
 local BUDGET_SLOTS = 24
 local MIB = 1024 * 1024
 
@@ -303,16 +304,22 @@ local function size(n)
   return string.format('%d bytes', n)
 end
 
-local function boards_held(caller)
-  local n = 0
-  for i = 0, NUM_BOARDS - 1 do
-    if redis.call('HGET', board_key(i), 'session_owner') == caller then n = n + 1 end
+-- The boards whose session `caller` holds: its set, whose members are checked against
+-- the boards (and those it no longer holds dropped) only once it has reached `limit`.
+local function boards_held(caller, limit)
+  local k = key('caller_boards', caller)
+  local n = redis.call('SCARD', k)
+  if n < limit then return n end
+  for _, id in ipairs(redis.call('SMEMBERS', k)) do
+    if redis.call('HGET', board_key(id), 'session_owner') ~= caller then
+      redis.call('SREM', k, id)
+    end
   end
-  return n
+  return redis.call('SCARD', k)
 end
 
 local function too_many_boards(caller, limit)
-  local n = boards_held(caller)
+  local n = boards_held(caller, limit)
   if n < limit then return nil end
   return fail('too_many_boards', caller .. ' already holds ' .. n .. ' boards, the most ' ..
     'one caller may hold at once; release one (or let its session end) first.')

@@ -45,6 +45,7 @@ transition(id, 'submit', t)
 redis.call('HSET', b, 'session_id', sid, 'session_owner', owner, 'session_created_at', t,
   'session_expires_at', expires, 'session_max_expires_at', max_expires)
 board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
+redis.call('SADD', key('caller_boards', owner), id)
 set_current_job(id, job_id)
 redis.call('ZADD', EXPIRY, expires, id)
 redis.call('SET', design_key(job_id), design)

@@ -154,3 +154,17 @@ async def test_two_submits_racing_for_a_callers_last_board_one_wins(
 
     for fpga_id in (6, 7, 8):
         assert (await submit(lab, fpga_id, headers=OPS)).status_code == 202
+
+
+async def test_boards_past_the_first_ten_count_toward_the_limit(
+    client: httpx.AsyncClient, start_worker: WorkerFactory
+) -> None:
+    """A caller's boards are counted whatever their ids: one holding boards 12 and 13 of a
+    larger lab is at the limit, and a session that ends gives its board back."""
+    await start_worker([0, 12, 13])
+    await reserve(client, 12, headers=ALICE)
+    await reserve(client, 13, headers=ALICE)
+    assert_error(await submit(client, 0, headers=ALICE), 409, "too_many_boards")
+    release = await client.post("/fpga/13/session/release", headers=ALICE)
+    await wait_job(client, 13, release.json()["job_id"], headers=ALICE)
+    assert (await submit(client, 0, headers=ALICE)).status_code == 202
