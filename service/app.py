@@ -17,7 +17,7 @@ from fpgalab.service.guard import MutationGuard
 from fpgalab.service.head import HeadAsGet
 from fpgalab.service.logfollow import LogNotices
 from fpgalab.service.metrics import ApiMetrics, RequestTimer
-from fpgalab.service.routes import audit, boards, health, jobs, sessions, ui
+from fpgalab.service.routes import audit, boards, health, jobs, pools, sessions, ui
 from fpgalab.service.routes import events as event_routes
 from fpgalab.service.routes import login as login_routes
 from fpgalab.service.routes import metrics as metrics_route
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = keyring
     handlers.install(app)
-    modules = (health, boards, jobs, sessions, audit, ui, event_routes, login_routes)
+    modules = (health, boards, pools, jobs, sessions, audit, ui, event_routes, login_routes)
     mutating = [
         route
         for module in modules

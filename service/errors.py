@@ -3,6 +3,7 @@
     LabError
     ├── ValidationFailed          422 validation_error
     ├── DesignRejected            422 unsupported_design | empty_design | design_not_text
+    ├── Unsatisfiable             422 no_matching_board
     ├── DesignTooLarge            413 design_too_large
     ├── RequestTooLarge           413 request_too_large
     ├── BadRequest                400 bad_request              ┐ answered by the server
@@ -11,6 +12,7 @@
     ├── IdempotencyKeyReused      422 idempotency_key_reused
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
+    │                                 | priority_reserved
     ├── NotFound                  404 job_not_found | no_active_session | not_found
     │                                 | fpga_not_found
     │                                 | memory_map_unknown
@@ -56,6 +58,13 @@ class DesignRejected(LabError):
     codes = frozenset({"unsupported_design", "empty_design", "design_not_text"})
 
 
+class Unsatisfiable(LabError):
+    """A pool job no board of the lab can ever take."""
+
+    status = 422
+    codes = frozenset({"no_matching_board"})
+
+
 class DesignTooLarge(LabError):
     status = 413
     codes = frozenset({"design_too_large"})
@@ -93,7 +102,9 @@ class InvalidApiKey(LabError):
 
 class Forbidden(LabError):
     status = 403
-    codes = frozenset({"admin_required", "not_session_owner", "session_mismatch"})
+    codes = frozenset(
+        {"admin_required", "not_session_owner", "session_mismatch", "priority_reserved"}
+    )
 
 
 class NotFound(LabError):
@@ -137,6 +148,7 @@ class InternalError(LabError):
 ALL_ERRORS: tuple[type[LabError], ...] = (
     ValidationFailed,
     DesignRejected,
+    Unsatisfiable,
     DesignTooLarge,
     RequestTooLarge,
     BadRequest,

@@ -4,6 +4,12 @@ fpgalab:inventory             hash   board id -> {"platform", "tags"} (JSON): th
                                      as the workers that serve them registered them
 fpgalab:platform:{name}       set    ids of the boards of a platform (pools)
 fpgalab:tag:{name}            set    ids of the boards with a tag (pools)
+fpgalab:free                  set    ids of the registered boards idle and healthy (pools)
+fpgalab:pools                 set    requirements (``platform|tag,tag``) with pool jobs waiting
+fpgalab:pool:{requirement}    zset   its waiting jobs: member ``seq:job_id``, score priority
+                                     band and fair-share round (lower first)
+fpgalab:fair                  hash   the fair-share clock: ``served``, ``seq``, each caller's
+                                     last round (``c:{name}``), the boards' ``turnaround``
 fpgalab:board:{id}            hash   state, health, session, current job, worker
 fpgalab:board:{id}:queue      stream job ids, consumer group ``workers``
 fpgalab:board:{id}:queued     set    ids of this board's queued jobs
@@ -19,6 +25,7 @@ fpgalab:sessions:expiry       zset   fpga id -> session expiry time
 fpgalab:caller:{name}:queued  set    ids of the caller's queued jobs (per-caller limit)
 fpgalab:caller:{name}:stored  hash   bytes the caller stored, per slot of the budget window
 fpgalab:caller:{name}:boards  set    ids of the boards whose session the caller holds
+fpgalab:caller:{name}:waiting set    ids of the caller's pool jobs not placed yet
 fpgalab:ratelimit:{name}      hash   the caller's token bucket: tokens, at (TTL: refill time)
 fpgalab:ratelimit:{name}:board:{id}
                               hash   the caller's bucket for runs on board {id} while its
@@ -56,11 +63,16 @@ TEMPLATES = {
     "caller_queued": f"{PREFIX}:caller:{{id}}:queued",
     "caller_stored": f"{PREFIX}:caller:{{id}}:stored",
     "caller_boards": f"{PREFIX}:caller:{{id}}:boards",
+    "caller_waiting": f"{PREFIX}:caller:{{id}}:waiting",
+    "pool": f"{PREFIX}:pool:{{id}}",
     "platform": f"{PREFIX}:platform:{{id}}",
     "tag": f"{PREFIX}:tag:{{id}}",
 }
 #: Keys of the whole lab (the Lua scripts get these too).
 INVENTORY = f"{PREFIX}:inventory"
+FREE = f"{PREFIX}:free"
+POOLS = f"{PREFIX}:pools"
+FAIR = f"{PREFIX}:fair"
 RUNNING = f"{PREFIX}:jobs:running"
 SESSION_EXPIRY = f"{PREFIX}:sessions:expiry"
 EVENTS = f"{PREFIX}:events"
@@ -86,6 +98,9 @@ def lua_layout() -> dict[str, str]:
         "eventlog": EVENT_LOG,
         "metrics": METRICS,
         "inventory": INVENTORY,
+        "free": FREE,
+        "pools": POOLS,
+        "fair": FAIR,
     }
 
 

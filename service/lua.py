@@ -22,7 +22,7 @@ from fpgalab.service.measures import DURATION_BUCKETS
 from fpgalab.service.states import transitions_json
 
 #: Scripts whose reply is a plain Redis reply, not the ``{"ok"}/{"err"}`` JSON.
-RAW_REPLIES = frozenset({"claim", "boards", "ratelimit"})
+RAW_REPLIES = frozenset({"claim", "boards", "ratelimit", "pool_job"})
 #: Scripts that touch only the keys they are given: no prelude needed.
 STANDALONE = frozenset({"claim", "ratelimit"})
 
@@ -41,6 +41,9 @@ NAMES = (
     "ratelimit",
     "append",
     "register",
+    "pool_submit",
+    "pool_job",
+    "pool_cancel",
 )
 
 

@@ -206,6 +206,23 @@ class JobAccepted(BaseModel):
     replayed: bool = Field(False, description="True when an Idempotency-Key replayed this.")
 
 
+class PoolJobAccepted(BaseModel):
+    """A pool submit's 202: the job, its session id (the session opens on the board it
+    is placed on), and where it stands."""
+
+    job_id: str
+    status: JobStatus
+    fpga_id: int | None = Field(
+        description="The board it was placed on, or null while it waits for one."
+    )
+    session_id: str
+    queue_position: int = Field(description="Jobs ahead of it in its pool's queue (0: placed).")
+    eta_seconds: float | None = Field(
+        None, description="Estimated seconds until it is placed (null: no estimate yet)."
+    )
+    replayed: bool = Field(False, description="True when an Idempotency-Key replayed this.")
+
+
 class RunAccepted(JobAccepted):
     """A run's 202; with ``?wait=``, answered once it has finished (or at the wait's end),
     ``status`` as it is then."""
@@ -231,6 +248,27 @@ class JobResponse(BaseModel):
     error: str | None = Field(None, description="One line saying why a job failed.")
     filename: str | None = None
     design_sha256: str | None = None
+
+
+class LabJobResponse(JobResponse):
+    """A job as ``GET /jobs/{job_id}`` shows it: any job of the lab; a pool job with what
+    it asked for and where it stands."""
+
+    fpga_id: int | None = Field(  # type: ignore[assignment]
+        description="Its board; null for a pool job no board has taken yet."
+    )
+    platform: str | None = Field(None, description="A pool job's platform (null: any).")
+    tags: list[str] | None = Field(None, description="A pool job's tags.")
+    priority: int | None = Field(None, description="A pool job's priority.")
+    queue_position: int | None = Field(
+        None, description="A pool job's place in its pool's queue: jobs ahead of it (0: placed)."
+    )
+    eta_seconds: float | None = Field(
+        None,
+        description="A waiting pool job's estimated seconds until it is placed (null: placed, "
+        "or no estimate yet).",
+    )
+    placed_at: datetime | None = None
 
 
 class RunOpResult(BaseModel):
@@ -325,13 +363,33 @@ def audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
 
 def job_response(record: dict[str, Any]) -> JobResponse:
     """A job hash from Redis as the API shows it."""
-    return JobResponse(
+    return JobResponse(**_job_fields(record))
+
+
+def lab_job_response(
+    record: dict[str, Any], position: int | None, eta: float | None
+) -> LabJobResponse:
+    """A job hash as ``GET /jobs/{job_id}`` shows it, with a pool job's standing."""
+    pool = "pool" in record
+    return LabJobResponse(
+        **_job_fields(record),
+        platform=(record.get("platform") or None) if pool else None,
+        tags=[t for t in record.get("tags", "").split(",") if t] if pool else None,
+        priority=int(record["priority"]) if pool else None,
+        queue_position=position,
+        eta_seconds=None if eta is None or "fpga_id" in record else round(eta, 1),
+        placed_at=iso(record.get("placed_at")),
+    )
+
+
+def _job_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return dict(
         job_id=record["job_id"],
-        fpga_id=int(record["fpga_id"]),
+        fpga_id=int(record["fpga_id"]) if "fpga_id" in record else None,
         type=JobType(record["type"]),
         status=JobStatus(record["status"]),
-        created_at=iso(record["created_at"]),  # type: ignore[arg-type]
-        updated_at=iso(record["updated_at"]),  # type: ignore[arg-type]
+        created_at=iso(record["created_at"]),
+        updated_at=iso(record["updated_at"]),
         started_at=iso(record.get("started_at")),
         finished_at=iso(record.get("finished_at")),
         owner=record.get("owner"),

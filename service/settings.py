@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_queued_per_caller: int = Field(default=200, gt=0)
     #: Most boards one caller (not an admin) may hold at once: its open sessions.
     max_boards_per_caller: int = Field(default=4, gt=0)
+    #: Pool jobs one pool (a platform and tags) holds waiting; past it a submit is 429.
+    max_pool_waiting: int = Field(default=1000, gt=0)
     #: Bytes one caller (not an admin) may store (designs, run requests, logs, results)
     #: per ``storage_budget_window``; past it its new jobs are refused. 0: no budget.
     storage_budget_bytes: int = Field(default=128 * 1024 * 1024, ge=0)

@@ -20,6 +20,11 @@ from fpgalab.backends import NUM_BOARDS as NUM_BOARDS
 BOARD_IDS = range(NUM_BOARDS)
 #: The platform of a simulated board (a real board's is its lab file's).
 SIM_PLATFORM = "sim"
+#: A pool job's priority: 0-100, higher placed first; a caller's at most
+#: ``PRIORITY_CALLER_MAX``, the band above it is the admins'.
+PRIORITY_MAX = 100
+PRIORITY_CALLER_MAX = 89
+PRIORITY_DEFAULT = 50
 
 
 class BoardState(StrEnum):

@@ -271,6 +271,47 @@ class Store:
             self.settings.job_retention,
         )  # fmt: skip
 
+    async def pool_submit(
+        self,
+        actor: Actor,
+        requirement: str,
+        priority: int,
+        filename: str,
+        design: str,
+        design_sha256: str,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a build for the first free board meeting ``requirement`` (``platform|tag,
+        tag``), placed at once if one is free."""
+        s = self.settings
+        idem, fingerprint = self._idempotency(
+            actor, idempotency_key, "pool-submit", -1, requirement, str(priority), filename,
+            design_sha256,
+        )  # fmt: skip
+        return await self.scripts.call(
+            "pool_submit", new_id(), actor.name, new_id(), s.session_ttl, s.session_max_lifetime,
+            filename, design, design_sha256, idem, fingerprint, s.idempotency_ttl,
+            s.max_queued_per_caller, actor.admin, s.max_boards_per_caller,
+            s.storage_budget_bytes, s.storage_budget_window, requirement, priority,
+            s.max_pool_waiting,
+        )  # fmt: skip
+
+    async def pool_standing(self, job_id: str) -> tuple[int | None, float | None, int]:
+        """A pool job's queue position (0 once placed; None: not a pool job), its ETA in
+        seconds (None: no estimate yet) and the boards in service that meet it."""
+        position, eta, boards = await self.scripts.call("pool_job", job_id)
+        return (
+            None if position is None else int(position),
+            None if eta is None else float(eta),
+            int(boards),
+        )
+
+    async def pool_cancel(self, job_id: str, actor: Actor) -> dict[str, Any]:
+        """Cancel a pool job not placed yet; ``{"placed": fpga_id}`` if it was."""
+        return await self.scripts.call(
+            "pool_cancel", job_id, actor.name, actor.admin, self.settings.job_retention
+        )
+
     async def cancel(self, fpga_id: int, job_id: str, actor: Actor) -> dict[str, Any]:
         return await self.scripts.call(
             "cancel", fpga_id, job_id, actor.name, actor.admin, actor.session_header,

@@ -164,11 +164,11 @@ async def start_worker(settings: Settings, backend: FakeBackend) -> AsyncIterato
 
     async def start(
         boards: Any = BOARD_IDS, fake: FakeBackend | None = None, wait_healthy: bool = True,
-        worker_settings: Settings | None = None,
+        worker_settings: Settings | None = None, inventory: Any = None,
     ) -> Worker:  # fmt: skip
         s = worker_settings or settings
         store = Store.from_url(s.redis_url or "", s, blocking=BLOCK_MS / 1000)
-        worker = Worker(store, fake or backend, list(boards))
+        worker = Worker(store, fake or backend, list(boards), inventory=inventory)
         task = asyncio.create_task(worker.run())
         started.append((worker, task, store))
         if wait_healthy:

@@ -98,6 +98,14 @@ async def submit(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Upload a design and queue its build_and_program job; opens a session."""
+    filename, text, sha = await read_design(file, settings)
+    reply = await store.submit(fpga_id, actor, filename, text, sha, idempotency_key)
+    return JobAccepted.model_validate(reply)
+
+
+async def read_design(file: UploadFile, settings: Settings) -> tuple[str, str, str]:
+    """An uploaded design: its file name, its text and the sha256 of its bytes; refused
+    (each with its code) if the name, the size or the bytes are not a design's."""
     filename = posixpath.basename((file.filename or "").replace("\\", "/"))
     # the name is shown in job records, logs and pages: a refused one is never echoed
     if problem := filename_problem(filename):
@@ -120,9 +128,7 @@ async def submit(
         ) from None
     if "\x00" in text:
         raise DesignRejected("design_not_text", f"file {filename!r} contains NUL bytes.")
-    sha = hashlib.sha256(raw).hexdigest()
-    reply = await store.submit(fpga_id, actor, filename, text, sha, idempotency_key)
-    return JobAccepted.model_validate(reply)
+    return filename, text, hashlib.sha256(raw).hexdigest()
 
 
 @router.post(

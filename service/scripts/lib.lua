@@ -27,6 +27,11 @@ local EVENTS = LAYOUT.events
 local EVENTLOG = LAYOUT.eventlog
 local EVENTLOG_MAX = @EVENTLOG_MAX@
 local INVENTORY = LAYOUT.inventory
+-- Pools (see the end of this file): the boards free for a pool job, the requirements
+-- that have jobs waiting, and the fair-share clock.
+local FREE = LAYOUT.free
+local POOLS = LAYOUT.pools
+local FAIR = LAYOUT.fair
 
 local function hget(key, field)
   local v = redis.call('HGET', key, field)
@@ -86,7 +91,16 @@ local function unknown_board(id)
     'registered a board with that id.')
 end
 
+-- Place the best waiting pool job on board `id` if it is free (defined with the pools).
+local try_place_board
+
+-- Every script that changes a board ends here: a board it left free takes the next pool
+-- job in the same atomic step, then its changes are published.
 local function ok(value)
+  if try_place_board and #board_order > 0 and redis.call('SCARD', POOLS) > 0 then
+    local t = now()
+    for _, id in ipairs(board_order) do try_place_board(id, t) end
+  end
   for _, id in ipairs(board_order) do publish('board', board_changes[id]) end
   board_changes, board_order = {}, {}
   return cjson.encode({ok = value})
@@ -106,11 +120,42 @@ local function clear_current_job(id, job_id)
   end
 end
 
+-- Keep FREE true: the registered boards that are idle and healthy (good), those a pool
+-- job may be placed on (whether a worker serves one is checked when placing).
+local function refresh_free(id)
+  local b = board_key(id)
+  if board_state(id) == 'idle' and hget(b, 'health') == 'good'
+      and redis.call('HEXISTS', INVENTORY, id) == 1 then
+    redis.call('SADD', FREE, id)
+  else
+    redis.call('SREM', FREE, id)
+  end
+end
+
 local function set_health(id, health, reason, t)
   local b = board_key(id)
   local changed = hget(b, 'health') ~= health or (hget(b, 'health_reason') or '') ~= reason
   redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
   if changed then board_event(id, {health = health, health_reason = reason}) end
+  refresh_free(id)
+end
+
+-- How long boards stay taken, from a session's start to the board's return to idle:
+-- an average over the recent ones (each weighs 1/5), for pool jobs' ETAs.
+local function note_turnaround(id, state, target, t)
+  local b = board_key(id)
+  if state == 'idle' and target ~= 'idle' then
+    redis.call('HSET', b, 'busy_since', t)
+  elseif target == 'idle' then
+    local since = tonumber(hget(b, 'busy_since') or '')
+    if since then
+      local seconds = t - since
+      local average = tonumber(redis.call('HGET', FAIR, 'turnaround') or '')
+      if average then seconds = average + (seconds - average) / 5 end
+      redis.call('HSET', FAIR, 'turnaround', seconds)
+      redis.call('HDEL', b, 'busy_since')
+    end
+  end
 end
 
 -- Apply `event` to board `id` through the table; returns (old, new) or (old, nil).
@@ -121,12 +166,28 @@ local function transition(id, event, t)
   if target then
     redis.call('HSET', board_key(id), 'state', target, 'updated_at', t)
     board_event(id, {state = target, event = event})
+    note_turnaround(id, state, target, t)
+    refresh_free(id)
   end
   return state, target
 end
 
 local SESSION_FIELDS = {'session_id', 'session_owner', 'session_created_at',
                         'session_expires_at', 'session_max_expires_at'}
+
+-- A session on board `id` (idle: moved to queued) for `owner`, `ttl` seconds long, at
+-- most `max_life`; returns its expiry.
+local function open_session(id, owner, sid, t, ttl, max_life)
+  local expires, max_expires = t + ttl, t + max_life
+  if expires > max_expires then expires = max_expires end
+  transition(id, 'submit', t)
+  redis.call('HSET', board_key(id), 'session_id', sid, 'session_owner', owner,
+    'session_created_at', t, 'session_expires_at', expires, 'session_max_expires_at', max_expires)
+  board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
+  redis.call('SADD', key('caller_boards', owner), id)
+  redis.call('ZADD', EXPIRY, expires, id)
+  return expires
+end
 
 local function close_session(id)
   local owner = hget(board_key(id), 'session_owner')
@@ -370,4 +431,143 @@ local function over_budget(caller, budget, window, t)
     string.format('%s has stored %s (designs, run requests, logs, results) in the last ' ..
       '%d s, its budget of %s per %d s; new jobs are refused until enough of it is older ' ..
       'than that, in %d s.', caller, size(total), window, size(budget), window, wait)})
+end
+
+-- Pools: a job for any board of a platform with some tags (`platform|tag,tag`, either
+-- part empty: any), waiting in that requirement's queue until a board that matches is
+-- free. Placement is the one step below, in the script that makes the board free (ok())
+-- or that submits the job: no board is given twice, no job taken twice.
+local function pool_key(req) return key('pool', req) end
+local function caller_waiting_key(name) return key('caller_waiting', name) end
+
+local function split_req(req)
+  local sep = string.find(req, '|', 1, true)
+  return string.sub(req, 1, sep - 1), string.sub(req, sep + 1)
+end
+
+-- The tags of a comma-joined list as a set.
+local function tag_set(csv)
+  local set = {}
+  for tag in string.gmatch(csv, '[^,]+') do set[tag] = true end
+  return set
+end
+
+-- Whether a board of `platform` with the tags in set `have` meets requirement `req`.
+local function meets(req, platform, have)
+  local want_platform, want_tags = split_req(req)
+  if want_platform ~= '' and want_platform ~= platform then return false end
+  for tag in string.gmatch(want_tags, '[^,]+') do
+    if not have[tag] then return false end
+  end
+  return true
+end
+
+-- The sets whose intersection is the boards meeting `req`, starting with `first`.
+local function req_sets(req, first)
+  local platform, tags = split_req(req)
+  local sets = {first}
+  if platform ~= '' then sets[#sets + 1] = key('platform', platform) end
+  for tag in string.gmatch(tags, '[^,]+') do sets[#sets + 1] = key('tag', tag) end
+  return sets
+end
+
+-- Board ids meeting `req`, of the boards of set `first` (the inventory's ids if nil).
+local function boards_meeting(req, first)
+  if first then return redis.call('SINTER', unpack(req_sets(req, first))) end
+  local ids = {}
+  for _, id in ipairs(redis.call('HKEYS', INVENTORY)) do
+    local entry = cjson.decode(redis.call('HGET', INVENTORY, id))
+    if meets(req, entry.platform, tag_set(entry.tags)) then ids[#ids + 1] = id end
+  end
+  return ids
+end
+
+-- Why no board of the lab can ever meet `req` (whatever their state), or nil.
+local function never_met(req)
+  if #boards_meeting(req, nil) > 0 then return nil end
+  local platform, tags = split_req(req)
+  local platforms, with_platform = {}, 0
+  for _, entry in ipairs(redis.call('HVALS', INVENTORY)) do
+    local e = cjson.decode(entry)
+    platforms[e.platform] = true
+    if e.platform == platform then with_platform = with_platform + 1 end
+  end
+  local names = {}
+  for name in pairs(platforms) do names[#names + 1] = name end
+  table.sort(names)
+  if #names == 0 then return 'the lab has no boards yet (no worker has registered any)' end
+  if platform ~= '' and with_platform == 0 then
+    return 'no board has platform ' .. platform .. ' (the lab has ' ..
+      table.concat(names, ', ') .. ')'
+  end
+  local missing, of = {}, (platform ~= '' and (platform .. ' ') or '')
+  for tag in string.gmatch(tags, '[^,]+') do
+    if #boards_meeting(platform .. '|' .. tag, nil) == 0 then missing[#missing + 1] = tag end
+  end
+  if #missing > 0 then
+    return 'no ' .. of .. 'board has the tag' .. (#missing > 1 and 's ' or ' ') ..
+      table.concat(missing, ', ')
+  end
+  return 'no single ' .. of .. 'board has all of the tags ' .. string.gsub(tags, ',', ', ')
+end
+
+-- Put waiting job `job_id` on free board `id`: its session opens, its build is queued
+-- on the board as a submit's is, and it leaves the pool's queue.
+local function place(job_id, id, t)
+  local k = job_key(job_id)
+  local owner, req = hget(k, 'owner'), hget(k, 'pool')
+  local member = hget(k, 'pool_member')
+  if member then
+    redis.call('ZREM', pool_key(req), member)
+    if redis.call('ZCARD', pool_key(req)) == 0 then redis.call('SREM', POOLS, req) end
+    redis.call('SREM', caller_waiting_key(owner), job_id)
+    local round = tonumber(hget(k, 'pool_round'))
+    if round > (tonumber(redis.call('HGET', FAIR, 'served') or '0')) then
+      redis.call('HSET', FAIR, 'served', round)
+    end
+  end
+  open_session(id, owner, hget(k, 'session_id'), t, tonumber(hget(k, 'session_ttl')),
+    tonumber(hget(k, 'session_max_lifetime')))
+  set_current_job(id, job_id)
+  local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
+  redis.call('HSET', k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
+  redis.call('HDEL', k, 'pool_member')
+  redis.call('SADD', queued_key(id), job_id)
+  job_event(job_id, id, 'queued')
+end
+
+-- The free board, served by a live worker, that job `req` can take now: the lowest id.
+local function free_board_for(req)
+  local ids = boards_meeting(req, FREE)
+  local best
+  for _, id in ipairs(ids) do
+    local n = tonumber(id)
+    if (not best or n < best) and redis.call('EXISTS', owner_key(id)) == 1 then best = n end
+  end
+  return best
+end
+
+try_place_board = function(id, t)
+  if redis.call('SISMEMBER', FREE, id) == 0 or redis.call('EXISTS', owner_key(id)) == 0 then
+    return
+  end
+  local entry = redis.call('HGET', INVENTORY, id)
+  if not entry then return end
+  entry = cjson.decode(entry)
+  local have = tag_set(entry.tags)
+  local best, best_score
+  for _, req in ipairs(redis.call('SMEMBERS', POOLS)) do
+    if meets(req, entry.platform, have) then
+      local head = redis.call('ZRANGE', pool_key(req), 0, 0, 'WITHSCORES')
+      if #head == 0 then
+        redis.call('SREM', POOLS, req)
+      else
+        local score = tonumber(head[2])
+        if not best or score < best_score or (score == best_score and head[1] < best) then
+          best, best_score = head[1], score
+        end
+      end
+    end
+  end
+  if best then place(string.sub(best, string.find(best, ':', 1, true) + 1), id, t) end
 end

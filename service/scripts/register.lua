@@ -1,6 +1,7 @@
--- A worker's boards into the lab's inventory, at its start: each board's platform and
--- tags (sorted, comma-joined), and the pools' indexes of both. A board registered
--- again with other ones is moved; one registered the same is left as it was.
+-- A worker's boards into the lab's inventory, at its start and at each heartbeat: each
+-- board's platform and tags (sorted, comma-joined), and the pools' indexes of both. A
+-- board registered again with other ones is moved; one registered the same is left as
+-- it was. A free board of a worker that is back takes a waiting pool job.
 -- ARGV: (fpga_id platform tags) per board
 local registered = 0
 for i = 1, #ARGV, 3 do
@@ -22,5 +23,10 @@ for i = 1, #ARGV, 3 do
     board_event(id, {platform = platform, tags = tags})
     registered = registered + 1
   end
+  refresh_free(id)
+end
+if redis.call('SCARD', POOLS) > 0 then
+  local t = now()
+  for i = 1, #ARGV, 3 do try_place_board(ARGV[i], t) end
 end
 return ok({registered = registered})

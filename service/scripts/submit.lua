@@ -39,15 +39,8 @@ if admin ~= '1' then
   local refused = too_many_boards(owner, max_boards) or over_budget(owner, budget, window, t)
   if refused then return refused end
 end
-local expires, max_expires = t + ttl, t + max_life
-if expires > max_expires then expires = max_expires end
-transition(id, 'submit', t)
-redis.call('HSET', b, 'session_id', sid, 'session_owner', owner, 'session_created_at', t,
-  'session_expires_at', expires, 'session_max_expires_at', max_expires)
-board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
-redis.call('SADD', key('caller_boards', owner), id)
+open_session(id, owner, sid, t, ttl, max_life)
 set_current_job(id, job_id)
-redis.call('ZADD', EXPIRY, expires, id)
 redis.call('SET', design_key(job_id), design)
 charge(owner, #design, window, t)
 local response = new_job(job_id, id, 'build_and_program', owner, sid, t,

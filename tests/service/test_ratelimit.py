@@ -120,7 +120,8 @@ async def test_every_mutating_route_documents_413_and_429(client: httpx.AsyncCli
         for m, op in ops.items()
         if m in ("post", "delete")
     ]
-    assert len(mutating) == 10, [p for p, _ in mutating]  # with /login, /logout
+    # with /login, /logout, and the pools' POST /submit, DELETE /jobs/{job_id}
+    assert len(mutating) == 12, [p for p, _ in mutating]
     for path, op in mutating:
         assert {"413", "429"} <= set(op["responses"]), path
         assert "rate_limited" in op["responses"]["429"]["description"], path
