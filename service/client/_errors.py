@@ -14,7 +14,8 @@
         ├── InvalidApiKey            401 invalid_api_key
         ├── Forbidden                403 ┬ AdminRequired          admin_required
         │                                ├ NotSessionOwner        not_session_owner
-        │                                └ SessionMismatch        session_mismatch
+        │                                ├ SessionMismatch        session_mismatch
+        │                                └ PriorityReserved       priority_reserved
         ├── NotFound                 404 ┬ JobNotFound            job_not_found
         │                                ├ FpgaNotFound           fpga_not_found
         │                                ├ NoActiveSession        no_active_session
@@ -36,6 +37,7 @@
         │                                ├ UnsupportedDesign      unsupported_design
         │                                ├ EmptyDesign            empty_design
         │                                ├ DesignNotText          design_not_text
+        │                                ├ NoMatchingBoard        no_matching_board
         │                                └ IdempotencyKeyReused   idempotency_key_reused
         ├── TooManyRequests          429 ┬ RateLimited            rate_limited
         │                                ├ TooManyQueuedJobs      too_many_queued_jobs
@@ -179,6 +181,10 @@ class SessionMismatch(Forbidden):
     CODE = "session_mismatch"
 
 
+class PriorityReserved(Forbidden):
+    CODE = "priority_reserved"
+
+
 class NotFound(LabError):
     STATUS = 404
 
@@ -277,6 +283,10 @@ class EmptyDesign(Unprocessable):
 
 class DesignNotText(Unprocessable):
     CODE = "design_not_text"
+
+
+class NoMatchingBoard(Unprocessable):
+    CODE = "no_matching_board"
 
 
 class IdempotencyKeyReused(Unprocessable):

@@ -462,10 +462,11 @@ local function meets(req, platform, have)
   return true
 end
 
--- The sets whose intersection is the boards meeting `req`, starting with `first`.
+-- The sets whose intersection is the boards meeting `req`, starting with `first` (a
+-- placeholder if nil, for the caller to remove).
 local function req_sets(req, first)
   local platform, tags = split_req(req)
-  local sets = {first}
+  local sets = {first or false}
   if platform ~= '' then sets[#sets + 1] = key('platform', platform) end
   for tag in string.gmatch(tags, '[^,]+') do sets[#sets + 1] = key('tag', tag) end
   return sets
@@ -482,9 +483,21 @@ local function boards_meeting(req, first)
   return ids
 end
 
+-- Whether some board of the lab meets `req`, whatever its state: from the indexes, in
+-- one command (the whole inventory is read only to say why not).
+local function ever_met(req)
+  local platform, tags = split_req(req)
+  if platform == '' and tags == '' then return redis.call('HLEN', INVENTORY) > 0 end
+  local args = req_sets(req, nil)
+  args[1] = #args - 1  -- SINTERCARD numkeys key [key ...] LIMIT 1
+  args[#args + 1] = 'LIMIT'
+  args[#args + 1] = 1
+  return redis.call('SINTERCARD', unpack(args)) > 0
+end
+
 -- Why no board of the lab can ever meet `req` (whatever their state), or nil.
 local function never_met(req)
-  if #boards_meeting(req, nil) > 0 then return nil end
+  if ever_met(req) then return nil end
   local platform, tags = split_req(req)
   local platforms, with_platform = {}, 0
   for _, entry in ipairs(redis.call('HVALS', INVENTORY)) do

@@ -522,6 +522,13 @@ def test_serve_reaches_a_shared_redis_as_the_documented_acl_user_with_a_password
                               headers=ALICE) as c:  # fmt: skip
                 whole_cycle(c)
                 assert c.get("/metrics").status_code == 200  # its reads are allowed too
+                # a pool job: placed at once (the pools' sets), and one no board can take
+                design = {"file": ("d.py", b"# d\nDesign = None\n")}
+                placed = c.post("/submit", files=design, data={"platform": "sim"})
+                assert placed.status_code == 202 and placed.json()["fpga_id"] is not None
+                assert c.get(f"/jobs/{placed.json()['job_id']}").json()["queue_position"] == 0
+                never = c.post("/submit", files=design, data={"tags": "gpu"})
+                assert never.json()["detail"]["error"] == "no_matching_board", never.text
                 # the event log: replayed (XINFO, XRANGE), read live (XREVRANGE, XREAD)
                 with c.stream("GET", "/events", params={"after": "0"}) as events:
                     assert next(events.iter_lines()).startswith("event: ")
