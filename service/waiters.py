@@ -169,4 +169,5 @@ class JobWaiters(Wakers):
             job_id, status = event.get("job_id"), event.get("status")
         except (ValueError, AttributeError):
             return None
-        return job_id if status in FINISHED and isinstance(job_id, str) else None
+        woken = status in FINISHED or event.get("placed") is True  # a pool job's board
+        return job_id if woken and isinstance(job_id, str) else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -16,6 +17,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from fpgalab.client._models import (
     Job,
     JobAccepted,
     MemoryMap,
+    PoolJob,
     Read,
     Region,
     RunResult,
@@ -48,6 +51,7 @@ from fpgalab.client._protocol import (
     NextEvent,
     Op,
     Options,
+    Pool,
     Protocol,
     SessionState,
     Sleep,
@@ -113,6 +117,7 @@ class AsyncClient:
             params=call.params,
             json=call.json,
             files=call.files,
+            data=call.data,
             headers=call.headers,
             timeout=timeout,
         )
@@ -305,15 +310,19 @@ class AsyncClient:
         design: Design,
         *,
         filename: str | None = None,
+        platform: str | None = None,
+        tags: Sequence[str] = (),
+        priority: int | None = None,
         build_timeout: float | None = BUILD_TIMEOUT,
         op_timeout: float | None = OP_TIMEOUT,
         renew_within: float = RENEW_WITHIN,
     ) -> AsyncReservation:
         """``Client.reserve``: ``async with alab.reserve(...) as board:``, or
         ``board = await alab.reserve(...)``."""
+        pool = Pool(platform, tuple(tags), priority)
         return AsyncReservation(
             lambda: self._reserve(
-                fpga_id, design, filename, build_timeout, op_timeout, renew_within
+                fpga_id, design, filename, pool, build_timeout, op_timeout, renew_within
             )
         )
 
@@ -322,10 +331,15 @@ class AsyncClient:
         fpga_id: int | None,
         design: Design,
         filename: str | None,
+        pool: Pool,
         build_timeout: float | None,
         op_timeout: float | None,
         renew_within: float,
     ) -> AsyncBoardSession:
+        if fpga_id is None and self._protocol.pools:
+            job = await self._drive(self._protocol.pool_reserve(design, filename, pool))
+            if job is not None:
+                return await self._reserve_pooled(job, build_timeout, op_timeout, renew_within)
         accepted, at = await self._drive(self._protocol.reserve(fpga_id, design, filename))
         try:
             state = await self._drive(
@@ -336,6 +350,52 @@ class AsyncClient:
             await self._cleanup(self._protocol.abandon(accepted), exc, what)
             raise
         return AsyncBoardSession(self, state)
+
+    async def _reserve_pooled(
+        self,
+        job: PoolJob,
+        build_timeout: float | None,
+        op_timeout: float | None,
+        renew_within: float,
+    ) -> AsyncBoardSession:
+        started = time.monotonic()
+        try:
+            placed = await self._drive(self._protocol.placed(job, build_timeout))
+            accepted = self._protocol.placed_build(placed)
+            left = None if build_timeout is None else build_timeout - (time.monotonic() - started)
+            now = datetime.now(UTC)
+            state = await self._drive(
+                self._protocol.built(accepted, now, left, renew_within, op_timeout)
+            )
+        except BaseException as exc:
+            what = f"giving back pool job {job.job_id}"
+            await self._cleanup(self._protocol.abandon_pool(job), exc, what)
+            raise
+        return AsyncBoardSession(self, state)
+
+    async def submit_to_pool(
+        self,
+        design: Design,
+        *,
+        filename: str | None = None,
+        platform: str | None = None,
+        tags: Sequence[str] = (),
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> PoolJob:
+        """``Client.submit_to_pool``."""
+        pool = Pool(platform, tuple(tags), priority)
+        return await self._drive(
+            self._protocol.pool_submit(design, filename, pool, idempotency_key)
+        )
+
+    async def pool_job(self, job_id: str, *, wait: float | None = None) -> PoolJob:
+        """``Client.pool_job``."""
+        return await self._drive(self._protocol.pool_job(job_id, wait))
+
+    async def cancel_pool_job(self, job_id: str) -> None:
+        """``Client.cancel_pool_job``."""
+        await self._drive(self._protocol.cancel_anywhere(job_id))
 
     async def attach(
         self,

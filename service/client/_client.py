@@ -8,6 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from fpgalab.client._models import (
     Job,
     JobAccepted,
     MemoryMap,
+    PoolJob,
     Read,
     Region,
     RunResult,
@@ -40,6 +42,7 @@ from fpgalab.client._protocol import (
     NextEvent,
     Op,
     Options,
+    Pool,
     Protocol,
     SessionState,
     Sleep,
@@ -112,6 +115,7 @@ class Client:
             params=call.params,
             json=call.json,
             files=call.files,
+            data=call.data,
             headers=call.headers,
             timeout=timeout,
         )
@@ -313,19 +317,31 @@ class Client:
         design: Design,
         *,
         filename: str | None = None,
+        platform: str | None = None,
+        tags: Sequence[str] = (),
+        priority: int | None = None,
         build_timeout: float | None = BUILD_TIMEOUT,
         op_timeout: float | None = OP_TIMEOUT,
         renew_within: float = RENEW_WITHIN,
     ) -> BoardSession:
-        """Submit ``design`` to board ``fpga_id`` (None: the first idle one), wait for its
-        build, and return the board's session; use it in a ``with`` block, which releases
-        the board at its end whatever happens (exceptions, Ctrl-C).
+        """Submit ``design`` to board ``fpga_id`` — or, None, to the lab's pool of boards
+        of ``platform`` with ``tags`` (any board if neither; ``priority`` its place in the
+        queue): the first to be free takes it — wait for its build, and return the board's
+        session; use it in a ``with`` block, which releases the board at its end whatever
+        happens (exceptions, Ctrl-C).
 
         A build that fails raises ``JobFailed`` (with the log's tail), and the board is
-        released. Interrupted while the build runs, it cancels the build or, once a worker
-        has it, waits for it (up to 2 minutes; a second Ctrl-C stops waiting) and releases
-        the board. ``op_timeout`` bounds each read, write and transact; ``renew_within``:
-        see ``BoardSession``."""
+        released. Interrupted while the build waits or runs, it cancels the build or, once
+        a worker has it, waits for it (up to 2 minutes; a second Ctrl-C stops waiting) and
+        releases the board. ``build_timeout`` bounds the wait for a board and the build
+        together (``NoIdleBoard`` if no board took it in time, ``JobTimeout`` if the build
+        did not end); ``op_timeout`` bounds each read, write and transact;
+        ``renew_within``: see ``BoardSession``."""
+        if fpga_id is None and self._protocol.pools:
+            pool = Pool(platform, tuple(tags), priority)
+            job = self._drive(self._protocol.pool_reserve(design, filename, pool))
+            if job is not None:
+                return self._reserve_pooled(job, build_timeout, op_timeout, renew_within)
         accepted, at = self._drive(self._protocol.reserve(fpga_id, design, filename))
         try:
             state = self._drive(
@@ -336,6 +352,55 @@ class Client:
             self._cleanup(self._protocol.abandon(accepted), exc, what)
             raise
         return BoardSession(self, state)
+
+    def _reserve_pooled(
+        self,
+        job: PoolJob,
+        build_timeout: float | None,
+        op_timeout: float | None,
+        renew_within: float,
+    ) -> BoardSession:
+        started = time.monotonic()
+        try:
+            placed = self._drive(self._protocol.placed(job, build_timeout))
+            accepted = self._protocol.placed_build(placed)
+            left = None if build_timeout is None else build_timeout - (time.monotonic() - started)
+            now = datetime.now(UTC)
+            state = self._drive(self._protocol.built(accepted, now, left, renew_within, op_timeout))
+        except BaseException as exc:
+            self._cleanup(
+                self._protocol.abandon_pool(job), exc, f"giving back pool job {job.job_id}"
+            )
+            raise
+        return BoardSession(self, state)
+
+    def submit_to_pool(
+        self,
+        design: Design,
+        *,
+        filename: str | None = None,
+        platform: str | None = None,
+        tags: Sequence[str] = (),
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> PoolJob:
+        """Queue ``design`` for the first free board of ``platform`` with ``tags``
+        (``POST /submit``): placed at once if one is free (``.fpga_id``), else waiting
+        (``.queue_position``, ``.eta_seconds``). ``NoMatchingBoard`` if no board of the lab
+        can ever take it."""
+        pool = Pool(platform, tuple(tags), priority)
+        return self._drive(self._protocol.pool_submit(design, filename, pool, idempotency_key))
+
+    def pool_job(self, job_id: str, *, wait: float | None = None) -> PoolJob:
+        """A job by its id alone (``GET /jobs/{job_id}``): a pool job's board once placed,
+        its queue position and ETA. With ``wait`` (seconds, at most 30), the lab answers
+        once it has finished or, waiting for a board, once it is placed."""
+        return self._drive(self._protocol.pool_job(job_id, wait))
+
+    def cancel_pool_job(self, job_id: str) -> None:
+        """Cancel a job by its id alone: a pool job still waiting never runs; a placed one
+        is cancelled on its board if no worker has taken it (``JobNotCancellable``)."""
+        self._drive(self._protocol.cancel_anywhere(job_id))
 
     def attach(
         self,

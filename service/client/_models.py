@@ -363,6 +363,58 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolJob:
+    """A pool job (``POST /submit``; ``GET /jobs/{job_id}``): a build for the first free
+    board of a platform and tags, and where it stands."""
+
+    job_id: str
+    status: JobStatus
+    #: Its board once placed; None while it waits for one.
+    fpga_id: int | None
+    #: Its session's id, opened on the board it is placed on.
+    session_id: str | None
+    #: Jobs ahead of it in its pool's queue (0 once placed).
+    queue_position: int | None = None
+    #: Estimated seconds until it is placed (None: placed, or no estimate yet).
+    eta_seconds: float | None = None
+    platform: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int | None = None
+    #: Why it failed or was cancelled (one line, escaped by the lab).
+    error: str | None = None
+    #: True when the lab replayed an earlier answer to the same ``Idempotency-Key``.
+    replayed: bool = False
+
+    @property
+    def placed(self) -> bool:
+        return self.fpga_id is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    @classmethod
+    def parse(cls, raw: object) -> PoolJob:
+        b = _Body("pool job", raw)
+        eta = b.get("eta_seconds")
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)):
+            raise b._wrong("eta_seconds", "a number")
+        return cls(
+            job_id=b.string("job_id"),
+            status=b.enum("status", JobStatus),
+            fpga_id=b.opt_integer("fpga_id"),
+            session_id=b.opt_string("session_id"),
+            queue_position=b.opt_integer("queue_position"),
+            eta_seconds=None if eta is None else float(eta),
+            platform=b.opt_string("platform"),
+            tags=b.strings("tags"),
+            priority=b.opt_integer("priority"),
+            error=b.opt_string("error"),
+            replayed=bool(b.get("replayed", True)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class OpResult:
     """One op of an ``ops`` run: ``data`` the words it read (empty for a write)."""
 

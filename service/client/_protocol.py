@@ -33,8 +33,10 @@ from fpgalab.client._errors import (
     JobNotCancellable,
     JobTimeout,
     LabError,
+    MethodNotAllowed,
     NoActiveSession,
     NoIdleBoard,
+    RouteNotFound,
     SessionMismatch,
     SessionRenewLimit,
     TransportError,
@@ -53,6 +55,7 @@ from fpgalab.client._models import (
     JobStatus,
     JobType,
     MemoryMap,
+    PoolJob,
     Read,
     RunResult,
     Session,
@@ -114,6 +117,8 @@ class Call:
     params: Mapping[str, str | int] | None = None
     json: Any = None
     files: Mapping[str, tuple[str, bytes]] | None = None
+    #: Form fields sent with ``files`` (multipart).
+    data: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     #: Seconds the lab may hold the answer on purpose (``?wait=``): added to the timeout.
     hold: float = 0.0
@@ -125,6 +130,16 @@ class Call:
     #: Its answer's body is read as it comes, an event at a time (``NextEvent``); the
     #: body of an error answer is read whole (the error's code is in it).
     stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """What a reservation without a board asks for: any board of ``platform`` (any if
+    None) with every one of ``tags``, at ``priority`` (the lab's default if None)."""
+
+    platform: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +265,7 @@ class Protocol:
         self.options = options
         self.waits = True
         self.streams = True
+        self.pools = True
 
     # Sending, retrying and reading ---------------------------------------------------------
 
@@ -391,6 +407,101 @@ class Protocol:
         )
         response = yield from self.exchange(call)
         return JobAccepted.parse(_body(response)), server_now(response)
+
+    def pool_submit(
+        self, design: Design, filename: str | None, pool: Pool, key: str | None = None
+    ) -> Flow[PoolJob]:
+        """A build for the first free board of ``pool`` (``POST /submit``)."""
+        name, data = design_upload(design, filename)
+        fields = {}
+        if pool.platform:
+            fields["platform"] = pool.platform
+        if pool.tags:
+            fields["tags"] = ",".join(pool.tags)
+        if pool.priority is not None:
+            fields["priority"] = str(pool.priority)
+        call = Call(
+            "POST",
+            "/submit",
+            files={"file": (name, data)},
+            data=fields,
+            headers=_idempotent(key),
+            replayable=True,
+        )
+        response = yield from self.exchange(call)
+        return PoolJob.parse(_body(response))
+
+    def pool_job(self, job_id: str, wait: float | None = None) -> Flow[PoolJob]:
+        """A job by its id alone (``GET /jobs/{job_id}``); with ``wait``, held until it has
+        finished or, waiting for a board, until it is placed."""
+        call = Call(
+            "GET",
+            f"/jobs/{job_id}",
+            params={"wait": _seconds(wait)} if wait else None,
+            hold=wait or 0.0,
+            replayable=True,
+        )
+        return PoolJob.parse((yield from self.json(call)))
+
+    def placed(self, job: PoolJob, timeout: float | None) -> Flow[PoolJob]:
+        """``job`` once a board has taken it (or it has ended without one); past
+        ``timeout`` seconds, ``NoIdleBoard`` saying where it stands."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (job.placed or job.finished):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                eta = f", about {job.eta_seconds:.0f} s more" if job.eta_seconds else ""
+                raise NoIdleBoard(
+                    f"pool job {job.job_id} found no board within {timeout:g} s "
+                    f"({job.queue_position} ahead of it{eta}); it was cancelled"
+                )
+            hold = MAX_WAIT if left is None else max(MIN_WAIT, min(MAX_WAIT, left))
+            job = yield from self.pool_job(job.job_id, hold)
+        return job
+
+    def pool_reserve(
+        self, design: Design, filename: str | None, pool: Pool
+    ) -> Flow[PoolJob | None]:
+        """A reservation's pool job; None from a lab without pools (older: ``POST /submit``
+        is not there) when ``pool`` asks for nothing a client-side search cannot do (then
+        ``pools`` is False from here on)."""
+        try:
+            return (yield from self.pool_submit(design, filename, pool))
+        except (RouteNotFound, MethodNotAllowed) as exc:
+            if pool.platform or pool.tags or pool.priority is not None:
+                exc.add_note("fpgalab: this lab has no pools (POST /submit): name a board")
+                raise
+            log.info("this lab has no pools; looking for an idle board instead")
+            self.pools = False
+            return None
+
+    def placed_build(self, job: PoolJob) -> JobAccepted:
+        """A placed pool job as the accepted build of its board."""
+        if job.fpga_id is None:
+            raise NoIdleBoard(
+                f"pool job {job.job_id} ended {job.status} before a board took it"
+                + (f": {job.error}" if job.error else "")
+            )
+        return JobAccepted(job.job_id, job.fpga_id, job.status, job.session_id)
+
+    def cancel_anywhere(self, job_id: str) -> Flow[None]:
+        """Cancel a job by its id alone (``DELETE /jobs/{job_id}``)."""
+        yield from self.exchange(Call("DELETE", f"/jobs/{job_id}"))
+
+    def abandon_pool(self, job: PoolJob, timeout: float = CLEANUP_TIMEOUT) -> Flow[None]:
+        """Give back what a pool reservation that will not be used holds: the waiting job
+        (cancelled: it never runs), or, once placed, its board (as ``abandon``)."""
+        try:
+            yield from self.cancel_anywhere(job.job_id)
+            log.info("pool job %s cancelled", job.job_id)
+            return
+        except JobNotCancellable:
+            pass  # a worker has its build: wait for it, then give the board back
+        now = yield from self.pool_job(job.job_id)
+        if now.fpga_id is None:
+            return  # it ended without a board
+        accepted = JobAccepted(job.job_id, now.fpga_id, now.status, now.session_id)
+        yield from self.abandon(accepted, timeout)
 
     def submit_anywhere(
         self, design: Design, filename: str | None, patience: float

@@ -46,19 +46,31 @@ NO_LAB = (
 )
 
 
+@dataclass(frozen=True)
+class _Want:
+    """What a test's ``fpga_board`` asks for: a design, on a board or from a pool."""
+
+    design: Path
+    board: int | None = None
+    platform: str | None = None
+    tags: tuple[str, ...] = ()
+
+
 @dataclass
 class _Held:
     """A reservation kept for the tests that want its design."""
 
-    design: Path
-    board: int | None
+    want: _Want
     session: BoardSession
 
-    def serves(self, wanted: tuple[Path, int | None] | None) -> bool:
+    def serves(self, wanted: _Want | None) -> bool:
         if wanted is None or self.session.released:
             return False
-        design, board = wanted
-        return design == self.design and board in (None, self.session.fpga_id)
+        return (
+            wanted.design == self.want.design
+            and wanted.board in (None, self.session.fpga_id)
+            and (wanted.platform, wanted.tags) == (self.want.platform, self.want.tags)
+        )
 
 
 @dataclass
@@ -136,18 +148,19 @@ class _Lab:
             self.client = Client(self.url, api_key=self.key)
         return self.client
 
-    def board(self, design: Path, board: int | None) -> _Held:
-        """The board for this design: the one held if it has it, else a new reservation."""
+    def board(self, want: _Want) -> _Held:
+        """The board for this design: the one held if it has it, else a new reservation
+        (of the board named, or from the pool: the first free board that fits)."""
         client = self.open()
-        if self.held is not None and self.held.serves((design, board)):
+        if self.held is not None and self.held.serves(want):
             with contextlib.suppress(FpgalabError):  # still ours? (it may have expired)
                 if client.session(self.held.session.fpga_id).session_id == (
                     self.held.session.session_id
                 ):
                     return self.held
         self.release()
-        session = client.reserve(board, design)
-        self.held = _Held(design, board, session)
+        session = client.reserve(want.board, want.design, platform=want.platform, tags=want.tags)
+        self.held = _Held(want, session)
         return self.held
 
     def release(self) -> None:
@@ -230,8 +243,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(design, board=None): the design (a path relative to the test file) the "
-        "fpga_board fixture builds and programs; board: a board id (default: any idle one)",
+        f"{MARKER}(design, board=None, platform=None, tags=()): the design (a path relative "
+        "to the test file) the fpga_board fixture builds and programs; board: a board id "
+        "(default: the lab's first free board of platform with all of tags, any if neither)",
     )
     lab = config.stash[_LAB] = _Lab(config)
     if lab.wanted:
@@ -275,15 +289,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # A board for a test ----------------------------------------------------------------------
 
 
-def _wanted(item: pytest.Item) -> tuple[Path, int | None] | None:
-    """The (design, board) an item's ``fpga_board`` asks for; None if it asks for none."""
+def _wanted(item: pytest.Item) -> _Want | None:
+    """What an item's ``fpga_board`` asks for; None if it asks for none."""
     marker = item.get_closest_marker(MARKER)
     if marker is None or "fpga_board" not in getattr(item, "fixturenames", ()):
         return None
     design = marker.kwargs.get("design", marker.args[0] if marker.args else None)
     if design is None:
         return None
-    return (item.path.parent / design).resolve(), marker.kwargs.get("board")
+    tags = marker.kwargs.get("tags", ())
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    return _Want(
+        (item.path.parent / design).resolve(),
+        marker.kwargs.get("board"),
+        marker.kwargs.get("platform"),
+        tuple(sorted({str(t).strip() for t in tags if str(t).strip()})),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -311,11 +333,13 @@ def fpga_board(request: pytest.FixtureRequest, fpgalab_client: Client) -> Iterat
     if wanted is None:
         pytest.fail("fpga_board needs a design: @pytest.mark.fpgalab(design='alu.py') "
                     "(a path relative to the test file)", pytrace=False)  # fmt: skip
-    design, board = wanted
-    if not design.is_file():
-        pytest.fail(f"@pytest.mark.fpgalab: no design file {design}", pytrace=False)
+    if not wanted.design.is_file():
+        pytest.fail(f"@pytest.mark.fpgalab: no design file {wanted.design}", pytrace=False)
+    if wanted.board is not None and (wanted.platform or wanted.tags):
+        pytest.fail("@pytest.mark.fpgalab: a board, or a platform and tags (a pool), not both",
+                    pytrace=False)  # fmt: skip
     lab = _lab(request.config)
-    held = _reserve(lab, item, design, board)
+    held = _reserve(lab, item, wanted)
     session = held.session
     item.stash[_USE] = _Use(held, len(session.runs))
     item.user_properties += [("fpgalab_fpga", session.fpga_id),
@@ -331,11 +355,12 @@ def fpga_board(request: pytest.FixtureRequest, fpgalab_client: Client) -> Iterat
         lab.release()
 
 
-def _reserve(lab: _Lab, item: pytest.Item, design: Path, board: int | None) -> _Held:
+def _reserve(lab: _Lab, item: pytest.Item, want: _Want) -> _Held:
     """The board for ``item``; a reservation that fails fails the test's setup, saying
     why in one line (a failed build: its job and log in the report)."""
+    design = want.design
     try:
-        return lab.board(design, board)
+        return lab.board(want)
     except FpgalabError as exc:
         failure = exc
     item.stash[_FAILURE] = failure
@@ -378,7 +403,7 @@ def _describe_use(lab: _Lab, use: _Use) -> str:
     lines = [f"lab:     {lab.url}", f"FPGA:    {session.fpga_id}, session {session.session_id}"]
     if session.build is not None:
         build = session.build
-        lines.append(f"build:   job {build.job_id} ({use.held.design.name}, {build.status})")
+        lines.append(f"build:   job {build.job_id} ({use.held.want.design.name}, {build.status})")
     shown = " ".join(runs[-SHOWN_RUNS:]) or "none"
     more = f" (the last {SHOWN_RUNS} of {len(runs)})" if len(runs) > SHOWN_RUNS else ""
     lines.append(f"runs:    {shown}{more}")

@@ -113,12 +113,19 @@ async def get_lab_job(
 ) -> LabJobResponse:
     """Any job of the lab by its id alone: a pool job's ``fpga_id`` once placed (null
     before), its ``queue_position`` (0 once placed) and ``eta_seconds``. With ``wait``,
-    answered once the job has finished, or after ``wait`` seconds."""
+    answered once the job has finished — or, a pool job waiting for a board, once it is
+    placed — or after ``wait`` seconds, as it is then."""
     if wait is None:
         return await _lab_job(store, job_id)
-    return await waiters.until_finished(
-        job_id, wait, lambda: _lab_job(store, job_id), lambda job: job.status in FINISHED
-    )
+    first = await _lab_job(store, job_id)
+    if first.status in FINISHED:
+        return first
+    waiting = first.queue_position is not None and first.fpga_id is None
+
+    def done(job: LabJobResponse) -> bool:
+        return job.status in FINISHED or (waiting and job.fpga_id is not None)
+
+    return await waiters.until_finished(job_id, wait, lambda: _lab_job(store, job_id), done)
 
 
 async def _lab_job(store: Store, job_id: str) -> LabJobResponse:

@@ -71,10 +71,11 @@ local function board_event(id, fields)
   for field, value in pairs(fields) do e[field] = value end
 end
 
-local function job_event(job_id, id, status)
+local function job_event(job_id, id, status, placed)
   local k = job_key(job_id)
   local fields = {job_id = job_id, fpga_id = tonumber(id), status = status,
                   type = hget(k, 'type'), owner = hget(k, 'owner')}
+  if placed then fields.placed = true end
   if status == 'failed' or status == 'cancelled' then fields.error = hget(k, 'error') end
   publish('job', fields)
 end
@@ -546,7 +547,7 @@ local function place(job_id, id, t)
   redis.call('HSET', k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
   redis.call('HDEL', k, 'pool_member')
   redis.call('SADD', queued_key(id), job_id)
-  job_event(job_id, id, 'queued')
+  job_event(job_id, id, 'queued', true)
 end
 
 -- The free board, served by a live worker, that job `req` can take now: the lowest id.

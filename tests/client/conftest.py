@@ -44,11 +44,16 @@ class LiveLab:
     """The API and a worker for ``boards`` on ``backend``, on a free loopback port."""
 
     def __init__(
-        self, settings: Settings, backend: Backend, boards: Sequence[int] = BOARD_IDS
+        self,
+        settings: Settings,
+        backend: Backend,
+        boards: Sequence[int] = BOARD_IDS,
+        inventory: dict[int, tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
         self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
         self.backend = backend
         self.boards = list(boards)
+        self.inventory = inventory  # each board's platform and tags (default: sim, none)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._up = threading.Event()
@@ -90,7 +95,7 @@ class LiveLab:
         s = self.settings
         api = uvicorn.Server(server.config(create_app(s), s, log_level="warning"))
         store = Store.from_url(s.redis_url or "", s, blocking=BLOCK_MS / 1000)
-        worker = Worker(store, self.backend, self.boards)
+        worker = Worker(store, self.backend, self.boards, inventory=self.inventory)
         serving = asyncio.create_task(api.serve())
         working = asyncio.create_task(worker.run())
         try:
@@ -122,15 +127,19 @@ StartLab = Callable[..., LiveLab]
 
 @pytest.fixture
 def start_lab(settings: Settings, backend: FakeBackend) -> Iterator[StartLab]:
-    """Start labs: ``start_lab(boards=..., backend=..., **settings)`` (the FakeBackend
-    and all ten boards by default; keyword arguments override settings). Each stops at
+    """Start labs: ``start_lab(boards=..., backend=..., inventory=..., **settings)`` (the
+    FakeBackend and all ten boards, sim without tags, by default; keyword arguments
+    override settings). Each stops at
     teardown, before its backend closes."""
     started: list[LiveLab] = []
 
     def start(
-        boards: Sequence[int] = BOARD_IDS, backend: Backend = backend, **overrides: Any
+        boards: Sequence[int] = BOARD_IDS,
+        backend: Backend = backend,
+        inventory: dict[int, tuple[str, tuple[str, ...]]] | None = None,
+        **overrides: Any,
     ) -> LiveLab:
-        lab = LiveLab(settings.model_copy(update=overrides), backend, boards)
+        lab = LiveLab(settings.model_copy(update=overrides), backend, boards, inventory)
         started.append(lab)
         return lab.start()
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -82,13 +82,13 @@ def junit(path: Path) -> dict[str, dict[str, str]]:
 
 
 def submits(url: str) -> set[str]:
-    """The ids of the lab's audit records of submits (builds)."""
+    """The ids of the lab's audit records of submits (builds: to a board, or to a pool)."""
     with httpx.Client(base_url=url, trust_env=False) as http:
         entries = http.get("/audit", params={"limit": 1000}).json()
-    return {e["id"] for e in entries if e["action"] == "submit"}
+    return {e["id"] for e in entries if e["action"] in ("submit", "pool_submit")}
 
 
-def all_free(url: str, boards: range, timeout: float = 20) -> None:
+def all_free(url: str, boards: Iterable[int], timeout: float = 20) -> None:
     """Wait until every board of ``boards`` is idle with no session."""
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, trust_env=False) as http:
@@ -170,6 +170,39 @@ def test_missing(fpga_board): pass
     assert "fpga_board needs a design: @pytest.mark.fpgalab(design='alu.py')" in done.stdout
     assert f"@pytest.mark.fpgalab: no design file {tmp_path / 'missing.py'}" in done.stdout
     all_free(fake_lab.url, range(10))
+
+
+def test_the_marker_asks_a_pool_for_a_platform_and_tags(
+    tmp_path: Path, start_lab: StartLab
+) -> None:
+    """``platform=``/``tags=`` reserve the lab's first free board that fits (consecutive
+    tests of the same design and pool share it; another pool gets its own); a board and
+    tags together, or a pool no board can meet, error saying so."""
+    inventory = {0: ("sim", ("dsp",)), 1: ("sim", ("slow",)), 2: ("ulx3s", ())}
+    lab = start_lab(boards=list(inventory), inventory=inventory)
+    test = """import pytest
+dsp = pytest.mark.fpgalab(design="a.py", tags=["dsp"])
+@dsp
+def test_1(fpga_board): assert fpga_board.fpga_id == 0
+@dsp
+def test_2(fpga_board): assert fpga_board.fpga_id == 0
+@pytest.mark.fpgalab(design="a.py", platform="ulx3s")
+def test_3(fpga_board): assert fpga_board.fpga_id == 2
+@pytest.mark.fpgalab(design="a.py", tags="slow")
+def test_4(fpga_board): assert fpga_board.fpga_id == 1
+@pytest.mark.fpgalab(design="a.py", board=1, tags=["slow"])
+def test_both(fpga_board): pass
+@pytest.mark.fpgalab(design="a.py", tags=["gpu"])
+def test_never(fpga_board): pass
+"""
+    done = run_pytest(project(tmp_path, test_x_py=test, a_py=FAKE_A), "--fpgalab-url", lab.url)
+    assert "4 passed, 2 errors" in done.stdout, done.stdout
+    assert "a board, or a platform and tags (a pool), not both" in done.stdout
+    assert "no board has the tag gpu" in done.stdout
+    cases = junit(tmp_path / "report.xml")
+    assert cases["test_1"]["fpgalab_session"] == cases["test_2"]["fpgalab_session"]
+    assert len({cases[f"test_{n}"]["fpgalab_session"] for n in (1, 3, 4)}) == 3
+    all_free(lab.url, list(inventory))
 
 
 def test_the_key_reaches_the_lab(tmp_path: Path, start_lab: StartLab) -> None:

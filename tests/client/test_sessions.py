@@ -175,8 +175,9 @@ def test_attach_to_a_session_opened_elsewhere(fake_lab: LiveLab, lab_client: Cli
 
 
 def test_reserve_any_board(start_lab: StartLab) -> None:
-    """reserve(None) takes an idle board a worker serves (never one without a worker),
-    and raises NoIdleBoard when none is left."""
+    """reserve(None) takes an idle board a worker serves (never one without a worker);
+    with none left it waits its turn in the lab's pool, and past its build_timeout
+    raises NoIdleBoard."""
     lab = start_lab(boards=[0, 1])
     with (
         client(lab) as c,
@@ -184,8 +185,8 @@ def test_reserve_any_board(start_lab: StartLab) -> None:
         c.reserve(None, DESIGN, filename="d.py") as second,
     ):
         assert {first.fpga_id, second.fpga_id} == {0, 1}
-        with pytest.raises(fc.NoIdleBoard):
-            c.reserve(None, DESIGN, filename="d.py")
+        with pytest.raises(fc.NoIdleBoard, match=r"found no board within 0\.5 s"):
+            c.reserve(None, DESIGN, filename="d.py", build_timeout=0.5)
 
 
 def test_wait_times_out_and_follows_logs(fake_lab: LiveLab, backend: FakeBackend) -> None:

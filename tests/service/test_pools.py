@@ -13,6 +13,7 @@ import pytest
 
 from fpgalab.service.settings import Settings
 from tests.conftest import WorkerFactory
+from tests.fakes import FakeBackend
 from tests.helpers import assert_error, board, serve, wait_for, wait_job
 
 KEYS = "alice=alice-key,bob=bob-key,carol=carol-key,ci=ci-key,ops=ops-key:admin"
@@ -48,11 +49,11 @@ async def pooled(
 
 
 async def pool_submit(
-    client: httpx.AsyncClient, who: str, expect: int = 202, **fields: Any
+    client: httpx.AsyncClient, who: str, expect: int = 202, design: bytes = DESIGN, **fields: Any
 ) -> dict[str, Any]:
     data = {k: str(v) for k, v in fields.items()}
     r = await client.post(
-        "/submit", files={"file": ("d.py", DESIGN)}, data=data, headers=HEADERS[who]
+        "/submit", files={"file": ("d.py", design)}, data=data, headers=HEADERS[who]
     )
     assert r.status_code == expect, r.text
     return r.json()  # type: ignore[no-any-return]
@@ -241,3 +242,29 @@ async def _all_built(client: httpx.AsyncClient, accepted: list[dict[str, Any]]) 
         if job["status"] != "complete":
             return False
     return True
+
+
+async def test_a_wait_on_a_waiting_pool_job_ends_when_it_is_placed(
+    pooled: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """GET /jobs/{id}?wait=S of a pool job waiting for a board answers once a board takes
+    it: not at the end of S, nor once its build (held here) has finished."""
+    holder = await pool_submit(pooled, "ops", platform="ulx3s")
+    await wait_job(pooled, 5, holder["job_id"], headers=HEADERS["ops"])
+    gated = b"# GATE\nDesign = None\n"
+    waiting = await pool_submit(pooled, "alice", platform="ulx3s", design=gated)
+    asked = asyncio.get_running_loop().time()
+    held = asyncio.create_task(
+        pooled.get(f"/jobs/{waiting['job_id']}", params={"wait": 20}, headers=HEADERS["alice"])
+    )
+    await asyncio.sleep(0.3)
+    assert not held.done()
+    await release(pooled, 5)
+    answer = (await held).json()
+    assert answer["fpga_id"] == 5 and answer["queue_position"] == 0
+    assert answer["status"] in ("queued", "running")  # its build is held at the gate
+    assert asyncio.get_running_loop().time() - asked < 10
+    backend.release_gate()
+    assert (await wait_job(pooled, 5, waiting["job_id"], headers=HEADERS["alice"]))["status"] == (
+        "complete"
+    )

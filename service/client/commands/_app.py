@@ -182,6 +182,18 @@ Board = Annotated[
         show_default=False,
     ),
 ]
+#: ``--board`` where a job's id is enough to find it (``GET /jobs/{job_id}``).
+BoardOrJob = Annotated[
+    int | None,
+    typer.Option(
+        "--board",
+        "-b",
+        envvar="FPGALAB_BOARD",
+        metavar="N",
+        help="The job's board (FPGALAB_BOARD); default: the lab says which.",
+        show_default=False,
+    ),
+]
 SessionId = Annotated[
     str | None,
     typer.Option(
