@@ -137,7 +137,9 @@ class EventHub:
     @contextlib.asynccontextmanager
     async def subscribe(self, filter: Filter) -> AsyncIterator[Subscriber]:
         """A client's subscription: every event the reader reads from now on is offered
-        to it. Started lazily (a lab nobody watches costs nothing): the reader's cursor is
+        to it. The reader starts with the first client (a lab nobody has watched costs
+        nothing) and then reads on until the process stops (one blocked connection, and
+        each event parsed once, whether anyone is left to take it or not). Its cursor is
         read before the first client is told it is subscribed, so every entry after it
         reaches the queue, and a replay read after this covers what came before."""
         sub = Subscriber(filter, asyncio.Queue(self._buffer))
