@@ -68,6 +68,10 @@ function boardCard(b) {
       el("span", { class: "state" }, b.state)),
     el("div", { class: "meta" }, `health ${b.health}`, b.health_reason ? ` (${b.health_reason})` : ""),
   );
+  if (b.platform) {
+    const tags = (b.tags || []).join(", ");
+    card.append(el("div", { class: "meta platform" }, b.platform, tags ? ` · ${tags}` : ""));
+  }
   if (b.session) {
     card.append(el("div", { class: "meta" }, `held by ${b.session.owner}`),
       el("div", { class: "meta session-left", dataset: { expires: b.session.expires_at } },

@@ -100,10 +100,11 @@ def test_the_grid_follows_the_lab_without_a_reload(
     backend: FakeBackend,
     browser: Any,
 ) -> None:
-    """Ten boards on the page; a design submitted through the API turns board 3 to building
-    and then reserved on the page, without a reload; the page asked nothing of another
-    origin. The test run leaves a screenshot of the grid in docs/img/."""
-    lab = start_lab()
+    """Ten boards on the page, each with its platform and tags; a design submitted through
+    the API turns board 3 to building and then reserved on the page, without a reload;
+    the page asked nothing of another origin. The test run leaves a screenshot of the
+    grid in docs/img/."""
+    lab = start_lab(inventory={3: ("sim", ("dsp", "big")), 4: ("ulx3s", ())})
     browser.get(f"{lab.url}/ui")
     until(lambda: len(browser.find_elements("css selector", ".board")) == 10, what="10 boards")
     until(lambda: browser.find_element("id", "live").text == "live", what="the live stream")
@@ -114,6 +115,8 @@ def test_the_grid_follows_the_lab_without_a_reload(
     backend.resume.set()
     until(lambda: card(browser, 3).get("state") == "reserved", what="reserved")
     assert "held by anonymous" in card(browser, 3)["text"]
+    assert "sim · big, dsp" in card(browser, 3)["text"]
+    assert "ulx3s" in card(browser, 4)["text"] and "sim" in card(browser, 5)["text"]
     assert browser.execute_script("return window.notReloaded") is True
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "dashboard-grid.png"))
