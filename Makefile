@@ -9,7 +9,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # g++ and make compile the Verilator models of the simulated boards; openFPGALoader
 # programs real boards (and the twins, over XVC); bubblewrap sandboxes builds; tmux is
 # the real terminal the command line's tests drive, chromium the browser the dashboard's
-APT_PACKAGES := redis-server g++ make perl openfpgaloader bubblewrap tmux chromium chromium-driver
+# tests drive; redis-sentinel watches the primary and replica of the failover test and bench;
+# iproute2 makes the network namespaces of the two-host test, and systemd's
+# systemd-analyze checks the units of docs/examples/systemd
+APT_PACKAGES := redis-server redis-sentinel g++ make perl openfpgaloader bubblewrap tmux \
+  chromium chromium-driver iproute2 systemd
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k flow"`.
 PYTEST_ARGS ?=
 

@@ -12,7 +12,7 @@
     ├── IdempotencyKeyReused      422 idempotency_key_reused
     ├── InvalidApiKey             401 invalid_api_key
     ├── Forbidden                 403 admin_required | not_session_owner | session_mismatch
-    │                                 | priority_reserved
+    │                                 | priority_reserved | tag_restricted
     ├── NotFound                  404 job_not_found | no_active_session | not_found
     │                                 | fpga_not_found
     │                                 | memory_map_unknown
@@ -103,7 +103,13 @@ class InvalidApiKey(LabError):
 class Forbidden(LabError):
     status = 403
     codes = frozenset(
-        {"admin_required", "not_session_owner", "session_mismatch", "priority_reserved"}
+        {
+            "admin_required",
+            "not_session_owner",
+            "session_mismatch",
+            "priority_reserved",
+            "tag_restricted",
+        }
     )
 
 

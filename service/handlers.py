@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 
 from fpgalab.service.errors import ALL_ERRORS, LabError
 from fpgalab.service.models import UNION_TAGS, ErrorResponse
+from fpgalab.service.store import NotReplicated
 
 log = logging.getLogger("fpgalab.api")
 
@@ -179,7 +180,16 @@ def redis_failure(exc: BaseException) -> JSONResponse:
         )
     log.warning("redis unavailable: %s", type(exc).__name__)
     message = "The lab's state store (Redis) is unreachable; retry."
-    if isinstance(exc, RedisTimeoutError):
+    if isinstance(exc, NotReplicated):
+        # the primary has the job, and runs it; only a failover before a replica has
+        # it would lose it (FPGALAB_REDIS_WAIT_REPLICAS)
+        message = (
+            f"The lab queued job {exc.job_id}, but no replica of its state store (Redis) "
+            "confirmed it in time, so it could be lost if Redis fails over now; retry. A "
+            "retry with the same Idempotency-Key answers with the same job; without one, "
+            "look before you repeat the call."
+        )
+    elif isinstance(exc, RedisTimeoutError):
         # the command was sent: Redis, stalled, may still carry it out once it resumes
         message = (
             "The lab's state store (Redis) did not answer in time; retry. A call that "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from fpgalab.service import keys
@@ -44,6 +45,7 @@ NAMES = (
     "pool_submit",
     "pool_job",
     "pool_cancel",
+    "orphans",
 )
 
 
@@ -76,6 +78,19 @@ class Scripts:
         """Run script ``name``; its ``{"err": code}`` reply raises that LabError (with a
         ``Retry-After`` if the reply has a ``retry_after``)."""
         raw = await self._scripts[name](keys=list(keys), args=[_arg(a) for a in args])
+        return self.reply(name, raw)
+
+    def queue(self, pipe: Pipeline, name: str, *args: Any, keys: tuple[str, ...] = ()) -> None:
+        """Queue script ``name`` on ``pipe`` by its SHA, its answer read by ``reply``; a
+        server that lacks it answers ``NoScriptError`` (``load`` it, then again)."""
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *(_arg(a) for a in args))
+
+    async def load(self, name: str) -> None:
+        script = self._scripts[name]
+        await script.registered_client.script_load(script.script)
+
+    def reply(self, name: str, raw: Any) -> Any:
+        """Script ``name``'s answer, as ``call`` returns it (or raises it)."""
         if name in RAW_REPLIES:
             return raw
         reply = json.loads(raw)

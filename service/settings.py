@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,13 +29,74 @@ def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
         raise ValueError(f"trusted_proxies: {exc}") from None
 
 
+#: The scheme of a ``FPGALAB_REDIS_URL`` that names Redis Sentinel (``SentinelURL``).
+SENTINEL_SCHEME = "redis+sentinel"
+#: A sentinel's port when its URL names none.
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/service[/db]``: the
+    sentinels to ask (port 26379 unless given; an IPv6 address in brackets), the name they
+    monitor the primary under, its database (0 unless given), and the user and password
+    of the data nodes (primary and replicas) if the URL has them. The sentinels are asked
+    without a password."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL | None:
+        """The URL's parts; None for a URL of another scheme (``redis://``, ``unix://``:
+        redis-py's own); ValueError, naming what is wrong, for a malformed one."""
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            return None
+        form = f"expected {SENTINEL_SCHEME}://[user@]host[:port][,host[:port]...]/service[/db]"
+        if parts.query or parts.fragment:
+            raise ValueError(f"a {SENTINEL_SCHEME} URL takes no query or fragment; {form}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        sentinels = tuple(_host_port(h.strip(), form) for h in hosts.split(","))
+        path = parts.path.strip("/").split("/")
+        if not path[0] or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError(f"{parts.path or 'no path'}: {form}")
+        return cls(
+            sentinels,
+            unquote(path[0]),
+            int(path[1]) if len(path) == 2 else 0,
+            unquote(user) or None,
+            unquote(password) or None,
+        )
+
+
+def _host_port(text: str, form: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as (host, port)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: {form}")
+        port = rest[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not host or (port and not port.isdigit()) or not 0 < int(port or SENTINEL_PORT) < 65536:
+        raise ValueError(f"{text or 'an empty sentinel address'!r}: {form}")
+    return host, int(port or SENTINEL_PORT)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FPGALAB_", extra="ignore")
 
-    #: Redis to share; None means ``fpgalab serve`` starts a private one.
+    #: Redis to share; None means ``fpgalab serve`` starts a private one. A
+    #: ``redis+sentinel://`` URL names Redis Sentinel (``SentinelURL``).
     redis_url: str | None = None
     #: A file holding the shared Redis's password (``requirepass``, or that of the ACL
     #: user named in the URL), so that it is in no URL, environment or command line.
+    #: Behind Sentinel: the data nodes' password; the sentinels are asked without one.
     redis_password_file: Path | None = None
     #: Where the private Redis and the backends keep their data; mode 0700.
     data_dir: Path = Field(default_factory=lab_data_dir)
@@ -131,6 +193,11 @@ class Settings(BaseSettings):
     #: that finds them all busy waits for one, within ``redis_timeout``. A request waiting
     #: for its job (``?wait=``) holds none: one subscription per API process serves all.
     redis_max_connections: int = Field(default=64, ge=8)
+    #: Replicas that must hold a job before the API answers its ``202`` (Redis ``WAIT``,
+    #: for half ``redis_timeout`` at most): a failover then loses no accepted job. Past
+    #: that wait the answer is ``503 redis_unavailable``, the job queued on the primary.
+    #: 0: answer once the primary has it (replication is asynchronous).
+    redis_wait_replicas: int = Field(default=0, ge=0)
 
     #: Backend that workers drive: a registered name or ``module:Class``.
     backend: str = "sim"
@@ -139,6 +206,10 @@ class Settings(BaseSettings):
     #: Tags of simulated boards (a lab file gives real boards theirs), for pools:
     #: ``0-3=dsp,big;4=slow`` (ids as ``--boards`` takes them, ``=``, comma-joined tags).
     board_tags: str = ""
+    #: Restricted pools: tags only named callers may use, ``secure=alice,bob;prod=ci``
+    #: (admins may use every tag). A board with such a tag takes no other caller's job:
+    #: not from a pool, not named (``403 tag_restricted``).
+    restricted_tags: str = ""
     #: Wall-clock limit of one build (elaboration + compile), seconds.
     build_timeout: float = Field(default=DEFAULT_BUILD_TIMEOUT, gt=0)
     #: Builds at once on a lab host (its workers sharing a data folder); 0: as many as
@@ -178,6 +249,13 @@ class Settings(BaseSettings):
     #: resume (``Last-Event-ID``) or ask again, from this replica or another.
     shutdown_grace: float = Field(default=5.0, gt=0)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            SentinelURL.parse(url)  # a malformed Sentinel URL stops the start here
+        return url
+
     @field_validator("redis_password_file")
     @classmethod
     def _one_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
@@ -209,6 +287,19 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("restricted_tags")
+    @classmethod
+    def _restricted(cls, value: str) -> str:
+        restricted_tags(value)  # a typo stops the start here
+        return value
+
+    def denied_tags(self, caller: str, admin: bool) -> list[str]:
+        """The restricted tags ``caller`` may not use (none for an admin), sorted."""
+        if admin:
+            return []
+        rules = restricted_tags(self.restricted_tags)
+        return sorted(tag for tag, callers in rules.items() if caller not in callers)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -225,3 +316,21 @@ class Settings(BaseSettings):
                 f"{self.redis_password_file}: expected the Redis password alone on one line"
             )
         return lines[0]
+
+
+def restricted_tags(text: str) -> dict[str, frozenset[str]]:
+    """``secure=alice,bob;prod=ci`` as tag -> the callers who may use it; ValueError
+    naming what is wrong."""
+    from fpgalab.backends import name_problem
+
+    rules: dict[str, frozenset[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        tag, sep, names = part.partition("=")
+        tag = tag.strip()
+        callers = frozenset(n.strip() for n in names.split(",") if n.strip())
+        if not sep or not callers:
+            raise ValueError(f"{part!r}: expected tag=caller,caller (e.g. secure=alice,bob)")
+        if problem := name_problem(tag):
+            raise ValueError(f"{part!r}: a tag {problem}")
+        rules[tag] = rules.get(tag, frozenset()) | callers
+    return rules

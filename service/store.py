@@ -9,6 +9,7 @@ layout of ``service.keys``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -20,20 +21,27 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fpgalab.service import keys
 from fpgalab.service.audit import AuditLog
 from fpgalab.service.errors import NotFound
 from fpgalab.service.lua import Scripts
 from fpgalab.service.ratelimit import RateLimiter
-from fpgalab.service.settings import Settings
+from fpgalab.service.settings import SentinelURL, Settings
 from fpgalab.service.states import BoardState, Health
 
 #: Most log lines appended by one script call.
 _APPEND_BATCH = 1000
+#: Sets a key's expiry to what is left of it: a write that changes nothing, so that a
+#: ``WAIT`` after it covers all that came before it (a replayed answer's first writing).
+_REWRITE_EXPIRY = (
+    "local ms = redis.call('PTTL', KEYS[1]) if ms > 0 then redis.call('PEXPIRE', KEYS[1], ms) end"
+)
 
 
 def new_id() -> str:
@@ -58,6 +66,37 @@ class LeaseLost(RuntimeError):
     """A worker tried to take a job on a board whose lease another worker now holds."""
 
 
+class NotReplicated(RedisTimeoutError):
+    """The primary took a job, but fewer replicas than ``redis_wait_replicas`` confirmed
+    it in time: the job is queued on the primary, and lost only if the primary fails
+    before a replica has it."""
+
+    def __init__(self, job_id: str | None, wanted: int, acked: int) -> None:
+        super().__init__(f"job {job_id}: {acked} of {wanted} replicas confirmed it")
+        self.job_id = job_id
+
+
+class _Sentinel(Sentinel):
+    """redis-py's, asking the sentinels for the primary one caller at a time: its
+    ``discover_master`` moves the sentinel that answered to the front of the list it
+    iterates, and calls that interleave (every new connection makes one) drop sentinel
+    clients from that list, never to be closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._asking = asyncio.Lock()
+
+    async def discover_master(self, service_name: str) -> Any:
+        async with self._asking:
+            return await super().discover_master(service_name)
+
+
+class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's connections, found through the sentinels: each new connection asks
+    them where the primary is (after a failover, the new one), and idle connections to a
+    former primary are dropped; bounded and waited for as ``BlockingConnectionPool``'s."""
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who acts, as the scripts need it: name, admin role, and the X-Session-ID sent."""
@@ -68,10 +107,11 @@ class Actor:
 
 
 class Store:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, sentinel: Sentinel | None = None) -> None:
         # Any: redis-py types replies as bytes | str; with decode_responses they are str
         self.redis: Any = redis
         self.settings = settings
+        self._sentinel = sentinel
         self.scripts = Scripts(redis, settings.event_log_max_entries)
         self.rate_limiter = RateLimiter(self.scripts, settings)
         self.audit = AuditLog(
@@ -89,9 +129,14 @@ class Store:
 
         The process opens at most ``redis_max_connections`` connections: a command that
         finds them all in use waits for one, within the same deadline (redis-py's default
-        pool refuses it at once, so a burst of requests got 503s)."""
-        pool = BlockingConnectionPool.from_url(
-            url,
+        pool refuses it at once, so a burst of requests got 503s).
+
+        A ``redis+sentinel://`` URL (``SentinelURL``) names the sentinels instead: each
+        new connection asks them for the primary, so that after a failover the commands
+        that failed with the old primary (``503``, as in an outage) are followed by ones
+        on the new primary, the subscription and the stream readers included. A sentinel
+        is asked within the same deadline, without a password."""
+        options: dict[str, Any] = dict(
             max_connections=settings.redis_max_connections,
             timeout=settings.redis_timeout,
             password=settings.redis_password(),
@@ -104,10 +149,23 @@ class Store:
             # first request after an outage is answered instead of getting a 503.
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
         )
-        return cls(Redis.from_pool(pool), settings)
+        where = SentinelURL.parse(url)
+        if where is None:
+            return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **options)), settings)
+        deadline = {"socket_timeout": settings.redis_timeout,
+                    "socket_connect_timeout": settings.redis_timeout}  # fmt: skip
+        sentinel = _Sentinel(where.sentinels, sentinel_kwargs=deadline)
+        options["password"] = options["password"] or where.password
+        redis = sentinel.master_for(
+            where.service, connection_pool_class=_SentinelPool, db=where.db,
+            username=where.username, **options,
+        )  # fmt: skip
+        return cls(redis, settings, sentinel)
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     async def login_secret(self) -> str:
         """The lab's own secret for login cookies: made once at random and kept in Redis,
@@ -243,11 +301,12 @@ class Store:
         idem, fingerprint = self._idempotency(
             actor, idempotency_key, "submit", fpga_id, filename, design_sha256
         )
-        return await self.scripts.call(
-            "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
+        return await self._accept(
+            idem, "submit", fpga_id, new_id(), actor.name, new_id(), s.session_ttl,
             s.session_max_lifetime, filename, design, design_sha256,
             idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
             actor.admin, s.max_boards_per_caller, s.storage_budget_bytes, s.storage_budget_window,
+            ",".join(s.denied_tags(actor.name, actor.admin)),
         )  # fmt: skip
 
     async def run(
@@ -258,16 +317,16 @@ class Store:
         idem, fingerprint = self._idempotency(
             actor, idempotency_key, "run", fpga_id, actor.session_header, request
         )
-        return await self.scripts.call(
-            "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
+        return await self._accept(
+            idem, "run", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, request,
             idem, fingerprint, s.idempotency_ttl, s.max_queued_per_board, s.max_queued_per_caller,
             s.storage_budget_bytes, s.storage_budget_window,
         )  # fmt: skip
 
     async def reset(self, fpga_id: int, actor: Actor, mode: str) -> dict[str, Any]:
         """``mode`` is ``reset`` or ``release``; see ``expire`` for expiry."""
-        return await self.scripts.call(
-            "reset", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, mode,
+        return await self._accept(
+            "", "reset", fpga_id, new_id(), actor.name, actor.admin, actor.session_header, mode,
             self.settings.job_retention,
         )  # fmt: skip
 
@@ -288,10 +347,10 @@ class Store:
             actor, idempotency_key, "pool-submit", -1, requirement, str(priority), filename,
             design_sha256,
         )  # fmt: skip
-        return await self.scripts.call(
-            "pool_submit", new_id(), actor.name, new_id(), s.session_ttl, s.session_max_lifetime,
-            filename, design, design_sha256, idem, fingerprint, s.idempotency_ttl,
-            s.max_queued_per_caller, actor.admin, s.max_boards_per_caller,
+        return await self._accept(
+            idem, "pool_submit", new_id(), actor.name, new_id(), s.session_ttl,
+            s.session_max_lifetime, filename, design, design_sha256, idem, fingerprint,
+            s.idempotency_ttl, s.max_queued_per_caller, actor.admin, s.max_boards_per_caller,
             s.storage_budget_bytes, s.storage_budget_window, requirement, priority,
             s.max_pool_waiting,
         )  # fmt: skip
@@ -330,6 +389,36 @@ class Store:
         ``maintenance`` or ``online`` (an admin)."""
         reply = await self.scripts.call("health", fpga_id, mode, health, reason, worker_id)
         return reply["health"]
+
+    async def _accept(self, idem: str, name: str, *args: Any) -> dict[str, Any]:
+        """Run ``name``, a script whose answer is a ``202`` (a job accepted). With
+        ``redis_wait_replicas``, only once that many replicas hold what it wrote: a
+        ``WAIT`` sent after it on its connection (a ``WAIT`` counts its own connection's
+        writes), in one pipeline; else ``NotReplicated``. A redis-py retry on a new
+        connection sends the two again, together. With an Idempotency-Key (``idem``, its
+        stored answer's key) a no-op write comes between: a replayed answer was written
+        by an earlier call, and the ``WAIT`` must cover that too."""
+        wanted = self.settings.redis_wait_replicas
+        if not wanted:
+            return await self.scripts.call(name, *args)
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            self.scripts.queue(pipe, name, *args)
+            if idem:
+                pipe.eval(_REWRITE_EXPIRY, 1, idem)
+            # at most half a deadline, so that the socket's deadline never ends it
+            pipe.wait(wanted, int(self.settings.redis_timeout * 500))
+            raw, *rest = await pipe.execute(raise_on_error=False)
+            if not isinstance(raw, NoScriptError) or attempt:
+                break
+            await self.scripts.load(name)  # a server that lost its scripts (a restart)
+        for answer in (raw, *rest):
+            if isinstance(answer, Exception):
+                raise answer
+        reply = self.scripts.reply(name, raw)  # a refusal (LabError) is raised here
+        if rest[-1] < wanted:
+            raise NotReplicated(reply.get("job_id"), wanted, rest[-1])
+        return reply
 
     def _idempotency(
         self, actor: Actor, key: str | None, route: str, fpga_id: int, *request: str
@@ -377,6 +466,11 @@ class Store:
         (seconds, micros), *workers = await pipe.execute()
         now = seconds + micros / 1e6
         return [(i, w, now - t) for (i, t), w in zip(taken, workers, strict=True)]
+
+    async def mark_orphans(self) -> list[int]:
+        """Boards of good health that no live worker serves: marked unknown; their ids."""
+        reply = await self.scripts.call("orphans")
+        return [int(i) for i in reply["marked"]]
 
     async def alive_workers(self, worker_ids: Sequence[str]) -> set[str]:
         if not worker_ids:

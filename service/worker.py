@@ -207,6 +207,7 @@ class Worker:
         self._last_health: dict[int, float] = {}
         self._busy: set[int] = set()  # boards with a job in hand
         self._lost: set[int] = set()  # boards another worker took over
+        self._orphans_at = 0.0  # when to look for boards no worker serves next
         self._in_hand: set[str] = set()  # jobs being taken or run, until their end is written
         # what the job in hand on each board timed, counted with its end (GET /metrics)
         self._measured: dict[int, dict[str, Any]] = {}
@@ -292,6 +293,7 @@ class Worker:
                     outage, judge_from = False, time.monotonic() + grace
                 if time.monotonic() >= judge_from:
                     await self._fail_lost_jobs()
+                    await self._mark_orphans()
             except RedisError as exc:
                 log.warning("housekeeping failed: %s", exc)
                 outage = True
@@ -304,6 +306,15 @@ class Worker:
             reply = await self.store.expire(board, session_id)
             if reply.get("action") == "reset":
                 log.info("board %d: session expired, reset job %s queued", board, reply["job_id"])
+
+    async def _mark_orphans(self) -> None:
+        """Every heartbeat TTL: boards whose worker is gone (no lease) are not ``good``."""
+        now = time.monotonic()
+        if now < self._orphans_at:
+            return
+        self._orphans_at = now + self.settings.worker_heartbeat_ttl
+        for board in await self.store.mark_orphans():
+            log.warning("board %d: no live worker serves it; health unknown", board)
 
     async def _fail_lost_jobs(self) -> None:
         running = await self.store.running_jobs()

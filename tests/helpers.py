@@ -357,3 +357,95 @@ def register_lab(redis_url: str, boards: Iterable[int] = range(10), platform: st
         args += [board, platform, ""]
     with redis.Redis.from_url(redis_url) as r:
         r.eval(source("register"), 0, *args)
+
+
+def replicate(replica: RedisServer, primary_port: int, timeout: float = 10.0) -> None:
+    """Make ``replica`` a replica of the redis-server on ``primary_port`` and wait until
+    it has synced (its link up). Both send a full sync at once (redis' default waits
+    5 s for more replicas to share it)."""
+    for port in (primary_port, replica.port):
+        with redis.Redis("127.0.0.1", port) as r:
+            r.config_set("repl-diskless-sync-delay", 0)
+    with redis.Redis("127.0.0.1", replica.port, decode_responses=True) as r:
+        r.replicaof("127.0.0.1", primary_port)
+        deadline = time.monotonic() + timeout
+        while r.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis on {replica.port} did not sync from {primary_port}")
+            time.sleep(0.02)
+
+
+class Sentinels:
+    """``count`` redis-sentinels on free loopback ports, each in its own folder of
+    ``folder``, watching the redis-server on ``primary_port`` as ``name``: ``quorum`` of
+    them agreeing that it has not answered for ``down_after_ms`` fail it over."""
+
+    def __init__(
+        self, folder: Path, primary_port: int, name: str = "fpgalab", count: int = 3,
+        quorum: int = 2, down_after_ms: int = 500, failover_timeout_ms: int = 3000,
+    ) -> None:  # fmt: skip
+        self.folder = folder
+        self.primary_port = primary_port
+        self.name = name
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.ports = [free_port() for _ in range(count)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    def start(self, replicas: int = 1, timeout: float = 20.0) -> Sentinels:
+        """Start them, and wait until each knows the others and ``replicas`` replicas."""
+        exe = shutil.which("redis-sentinel")
+        assert exe, "redis-sentinel is not installed (make test installs it)"
+        for port in self.ports:
+            folder = self.folder / f"sentinel-{port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            conf = folder / "sentinel.conf"  # rewritten by the sentinel as it learns
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'log'}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}\n"
+            )
+            self.procs.append(subprocess.Popen([exe, str(conf)]))
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while not self._ready(port, replicas):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"sentinel on {port} did not see the others in time")
+                time.sleep(0.05)
+        return self
+
+    def _ready(self, port: int, replicas: int) -> bool:
+        try:
+            with redis.Redis("127.0.0.1", port, socket_timeout=1) as r:
+                state = r.sentinel_master(self.name)
+        except redis.RedisError:
+            return False
+        others = len(self.ports) - 1
+        return state["num-other-sentinels"] >= others and state["num-slaves"] >= replicas
+
+    def primary(self) -> int | None:
+        """The primary's port, if every sentinel names the same one."""
+        named = set()
+        for port in self.ports:
+            try:
+                with redis.Redis("127.0.0.1", port, socket_timeout=1) as r:
+                    named.add(r.sentinel_get_master_addr_by_name(self.name))
+            except redis.RedisError:
+                return None
+        if len(named) != 1 or None in named:
+            return None
+        return int(named.pop()[1])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)

@@ -15,7 +15,8 @@
         ├── Forbidden                403 ┬ AdminRequired          admin_required
         │                                ├ NotSessionOwner        not_session_owner
         │                                ├ SessionMismatch        session_mismatch
-        │                                └ PriorityReserved       priority_reserved
+        │                                ├ PriorityReserved       priority_reserved
+        │                                └ TagRestricted          tag_restricted
         ├── NotFound                 404 ┬ JobNotFound            job_not_found
         │                                ├ FpgaNotFound           fpga_not_found
         │                                ├ NoActiveSession        no_active_session
@@ -183,6 +184,10 @@ class SessionMismatch(Forbidden):
 
 class PriorityReserved(Forbidden):
     CODE = "priority_reserved"
+
+
+class TagRestricted(Forbidden):
+    CODE = "tag_restricted"
 
 
 class NotFound(LabError):

@@ -84,7 +84,8 @@ async def memory_map(fpga_id: FpgaId, store: StoreDep, caller: CallerDep) -> Res
     status_code=202,
     response_model=JobAccepted,
     responses=responses(
-        "fpga_not_idle", "fpga_unavailable", "design_too_large", "unsupported_design",
+        "fpga_not_idle", "fpga_unavailable", "tag_restricted", "design_too_large",
+        "unsupported_design",
         "empty_design", "design_not_text", "idempotency_key_reused", "rate_limited",
         "too_many_queued_jobs", "too_many_boards", "storage_budget_exceeded", "redis_full",
     ),

@@ -34,9 +34,10 @@ router = APIRouter(tags=["pools"])
 MAX_TAGS = 16
 
 
-def requirement(platform: str | None, tags: str | None) -> str:
-    """``platform|tag,tag`` (sorted, each once) of a pool submit's fields, each checked:
-    ``422 validation_error`` naming the field."""
+def requirement(platform: str | None, tags: str | None, denied: list[str]) -> str:
+    """``platform|tag,tag|denied,denied`` of a pool submit's fields (each checked: ``422
+    validation_error`` naming the field; sorted, each once) and the restricted tags its
+    caller may not use: a tag of those asked for is ``403 tag_restricted``."""
     platform = (platform or "").strip()
     if platform and (problem := name_problem(platform)):
         raise ValidationFailed("validation_error", f"platform: {problem}.")
@@ -49,7 +50,11 @@ def requirement(platform: str | None, tags: str | None) -> str:
         wanted.add(tag)
     if len(wanted) > MAX_TAGS:
         raise ValidationFailed("validation_error", f"tags: at most {MAX_TAGS}, got {len(wanted)}.")
-    return f"{platform}|{','.join(sorted(wanted))}"
+    if refused := sorted(wanted & set(denied)):
+        raise Forbidden(
+            "tag_restricted", f"tags: {', '.join(refused)} restricted to other callers."
+        )
+    return f"{platform}|{','.join(sorted(wanted))}|{','.join(denied)}"
 
 
 @router.post(
@@ -57,7 +62,8 @@ def requirement(platform: str | None, tags: str | None) -> str:
     status_code=202,
     response_model=PoolJobAccepted,
     responses=responses(
-        "no_matching_board", "priority_reserved", "design_too_large", "unsupported_design",
+        "no_matching_board", "priority_reserved", "tag_restricted", "design_too_large",
+        "unsupported_design",
         "empty_design", "design_not_text", "idempotency_key_reused", "too_many_queued_jobs",
         "too_many_boards", "storage_budget_exceeded", *MUTATION_ERRORS,
     ),
@@ -93,7 +99,7 @@ async def pool_submit(
     free (``fpga_id`` in the answer), else queued: by priority, then taking turns between
     callers, then in order of arrival. Once placed, its board's session and every route of
     the board work as after ``POST /fpga/{id}/submit``. See docs/api.md, Pools."""
-    wanted = requirement(platform, tags)
+    wanted = requirement(platform, tags, settings.denied_tags(actor.name, actor.admin))
     if priority > PRIORITY_CALLER_MAX and not actor.admin:
         raise Forbidden(
             "priority_reserved",

@@ -441,9 +441,14 @@ end
 local function pool_key(req) return key('pool', req) end
 local function caller_waiting_key(name) return key('caller_waiting', name) end
 
+-- A requirement's parts: platform, tags, and the restricted tags its caller may not use
+-- (boards with any of those are not for it): `platform|tag,tag|denied,denied`.
 local function split_req(req)
-  local sep = string.find(req, '|', 1, true)
-  return string.sub(req, 1, sep - 1), string.sub(req, sep + 1)
+  local first = string.find(req, '|', 1, true)
+  local second = string.find(req, '|', first + 1, true)
+  if not second then return string.sub(req, 1, first - 1), string.sub(req, first + 1), '' end
+  return string.sub(req, 1, first - 1), string.sub(req, first + 1, second - 1),
+    string.sub(req, second + 1)
 end
 
 -- The tags of a comma-joined list as a set.
@@ -455,12 +460,29 @@ end
 
 -- Whether a board of `platform` with the tags in set `have` meets requirement `req`.
 local function meets(req, platform, have)
-  local want_platform, want_tags = split_req(req)
+  local want_platform, want_tags, denied = split_req(req)
   if want_platform ~= '' and want_platform ~= platform then return false end
   for tag in string.gmatch(want_tags, '[^,]+') do
     if not have[tag] then return false end
   end
+  for tag in string.gmatch(denied, '[^,]+') do
+    if have[tag] then return false end
+  end
   return true
+end
+
+-- Of board ids `ids`, those with none of the restricted tags `denied` (comma-joined).
+local function without_denied(ids, denied)
+  if denied == '' then return ids end
+  local kept = {}
+  for _, id in ipairs(ids) do
+    local ok_board = true
+    for tag in string.gmatch(denied, '[^,]+') do
+      if redis.call('SISMEMBER', key('tag', tag), id) == 1 then ok_board = false; break end
+    end
+    if ok_board then kept[#kept + 1] = id end
+  end
+  return kept
 end
 
 -- The sets whose intersection is the boards meeting `req`, starting with `first` (a
@@ -475,7 +497,10 @@ end
 
 -- Board ids meeting `req`, of the boards of set `first` (the inventory's ids if nil).
 local function boards_meeting(req, first)
-  if first then return redis.call('SINTER', unpack(req_sets(req, first))) end
+  if first then
+    local _, _, denied = split_req(req)
+    return without_denied(redis.call('SINTER', unpack(req_sets(req, first))), denied)
+  end
   local ids = {}
   for _, id in ipairs(redis.call('HKEYS', INVENTORY)) do
     local entry = cjson.decode(redis.call('HGET', INVENTORY, id))
@@ -487,7 +512,13 @@ end
 -- Whether some board of the lab meets `req`, whatever its state: from the indexes, in
 -- one command (the whole inventory is read only to say why not).
 local function ever_met(req)
-  local platform, tags = split_req(req)
+  local platform, tags, denied = split_req(req)
+  if denied ~= '' then  -- fewer callers, more work: the boards that meet it, one by one
+    if platform == '' and tags == '' then return #boards_meeting(req, nil) > 0 end
+    local sets = req_sets(req, nil)
+    table.remove(sets, 1)
+    return #without_denied(redis.call('SINTER', unpack(sets)), denied) > 0
+  end
   if platform == '' and tags == '' then return redis.call('HLEN', INVENTORY) > 0 end
   local args = req_sets(req, nil)
   args[1] = #args - 1  -- SINTERCARD numkeys key [key ...] LIMIT 1
@@ -499,7 +530,11 @@ end
 -- Why no board of the lab can ever meet `req` (whatever their state), or nil.
 local function never_met(req)
   if ever_met(req) then return nil end
-  local platform, tags = split_req(req)
+  local platform, tags, denied = split_req(req)
+  if denied ~= '' and ever_met(platform .. '|' .. tags) then
+    return 'the boards that meet it are restricted (tags ' .. string.gsub(denied, ',', ', ') ..
+      ') to other callers'
+  end
   local platforms, with_platform = {}, 0
   for _, entry in ipairs(redis.call('HVALS', INVENTORY)) do
     local e = cjson.decode(entry)

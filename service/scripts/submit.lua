@@ -5,7 +5,7 @@
 -- ARGV: fpga_id job_id owner session_id session_ttl max_lifetime
 --       filename design design_sha256 idem_key fingerprint idem_ttl
 --       max_queued_per_board max_queued_per_caller
---       admin max_boards_per_caller storage_budget storage_window
+--       admin max_boards_per_caller storage_budget storage_window denied_tags
 local id, job_id, owner, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, max_life = tonumber(ARGV[5]), tonumber(ARGV[6])
 local filename, design, sha = ARGV[7], ARGV[8], ARGV[9]
@@ -13,6 +13,7 @@ local idem_key, fingerprint, idem_ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
 local per_board, per_caller = tonumber(ARGV[13]), tonumber(ARGV[14])
 local admin, max_boards = ARGV[15], tonumber(ARGV[16])
 local budget, window = tonumber(ARGV[17]), tonumber(ARGV[18])
+local denied = ARGV[19] or ''
 
 local missing = unknown_board(id)
 if missing then return missing end
@@ -20,6 +21,16 @@ local replay = idem_lookup(idem_key, fingerprint)
 if replay then return replay end
 
 local b = board_key(id)
+if denied ~= '' then
+  local entry = cjson.decode(redis.call('HGET', INVENTORY, id))
+  local have = tag_set(entry.tags)
+  for tag in string.gmatch(denied, '[^,]+') do
+    if have[tag] then
+      return fail('tag_restricted', 'FPGA ' .. id .. ' is restricted (tag ' .. tag ..
+        ') to other callers.')
+    end
+  end
+end
 local state = board_state(id)
 if state ~= 'idle' then
   return fail('fpga_not_idle', 'FPGA ' .. id .. ' is ' .. state .. ', not idle.')

@@ -268,3 +268,37 @@ async def test_a_wait_on_a_waiting_pool_job_ends_when_it_is_placed(
     assert (await wait_job(pooled, 5, waiting["job_id"], headers=HEADERS["alice"]))["status"] == (
         "complete"
     )
+
+
+async def test_restricted_tags_keep_their_boards_for_the_callers_named(
+    start_worker: WorkerFactory, app_settings: Settings
+) -> None:
+    """With ``big`` restricted to alice: bob asking for big is 403 tag_restricted, a pool
+    job of bob's never lands on board 0 (dsp, big) though it is free and the lowest, nor
+    may he name board 0; alice's and an admin's may. A pool only restricted boards meet
+    is 422 no_matching_board for bob, saying so."""
+    settings = app_settings.model_copy(update={"restricted_tags": "big=alice;hub=alice"})
+    inventory = {**INVENTORY, 5: ("ulx3s", ("hub",))}
+    await start_worker(list(inventory), inventory=inventory, worker_settings=settings)
+    async with serve(settings) as c:
+        r = await c.post("/submit", files={"file": ("d.py", DESIGN)}, data={"tags": "big"},
+                         headers=HEADERS["bob"])  # fmt: skip
+        assert (
+            "big restricted to other callers" in assert_error(r, 403, "tag_restricted")["message"]
+        )
+        assert (await pool_submit(c, "bob", tags="dsp"))["fpga_id"] == 1
+        named = await c.post("/fpga/0/submit", files={"file": ("d.py", DESIGN)},
+                             headers=HEADERS["bob"])  # fmt: skip
+        assert (
+            "FPGA 0 is restricted (tag big)"
+            in assert_error(named, 403, "tag_restricted")["message"]
+        )
+        r = await c.post("/submit", files={"file": ("d.py", DESIGN)},
+                         data={"platform": "ulx3s"}, headers=HEADERS["bob"])  # fmt: skip
+        message = assert_error(r, 422, "no_matching_board")["message"]
+        assert "restricted (tags big, hub) to other callers" in message
+        assert (await pool_submit(c, "bob", tags="dsp"))["fpga_id"] == 2
+        waiting = await pool_submit(c, "bob", tags="dsp")
+        assert waiting["fpga_id"] is None  # board 0 is free, and not his
+        assert (await pool_submit(c, "alice", tags="dsp"))["fpga_id"] == 0
+        assert (await pool_submit(c, "ops", platform="ulx3s"))["fpga_id"] == 5
