@@ -509,16 +509,23 @@ local function boards_meeting(req, first)
   return ids
 end
 
+-- Board ids meeting `req`, whatever their state: from the platform and tag indexes
+-- (the inventory's ids only for a requirement of neither).
+local function all_meeting(req)
+  local platform, tags, denied = split_req(req)
+  if platform == '' and tags == '' then
+    return without_denied(redis.call('HKEYS', INVENTORY), denied)
+  end
+  local sets = req_sets(req, nil)
+  table.remove(sets, 1)
+  return without_denied(redis.call('SINTER', unpack(sets)), denied)
+end
+
 -- Whether some board of the lab meets `req`, whatever its state: from the indexes, in
 -- one command (the whole inventory is read only to say why not).
 local function ever_met(req)
   local platform, tags, denied = split_req(req)
-  if denied ~= '' then  -- fewer callers, more work: the boards that meet it, one by one
-    if platform == '' and tags == '' then return #boards_meeting(req, nil) > 0 end
-    local sets = req_sets(req, nil)
-    table.remove(sets, 1)
-    return #without_denied(redis.call('SINTER', unpack(sets)), denied) > 0
-  end
+  if denied ~= '' then return #all_meeting(req) > 0 end  -- the boards, one by one
   if platform == '' and tags == '' then return redis.call('HLEN', INVENTORY) > 0 end
   local args = req_sets(req, nil)
   args[1] = #args - 1  -- SINTERCARD numkeys key [key ...] LIMIT 1

@@ -7,7 +7,7 @@ local k = job_key(ARGV[1])
 local req, member = hget(k, 'pool'), hget(k, 'pool_member')
 if not req then return {false, false, 0} end
 local boards = 0
-for _, id in ipairs(boards_meeting(req, nil)) do
+for _, id in ipairs(all_meeting(req)) do
   local health = hget(board_key(id), 'health') or 'unknown'
   if health == 'good' or health == 'unknown' then boards = boards + 1 end
 end
