@@ -49,6 +49,10 @@ def parse_boards(text: str) -> list[int]:
     return sorted(boards)
 
 
+#: Connections a worker has beyond one per board (its heartbeat, housekeeping, finishes).
+WORKER_SPARE_CONNECTIONS = 16
+
+
 def parse_board_tags(text: str) -> dict[int, tuple[str, ...]]:
     """``"0-3=dsp,big;4=slow"`` as each board's tags (sorted); ValueError naming the
     part that is wrong."""
@@ -199,7 +203,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def main() -> int:
         # its queue reads block on purpose: their deadline is the block time and more
         url = settings.redis_url or "redis://127.0.0.1:6379/0"
-        store = Store.from_url(url, settings, blocking=BLOCK_MS / 1000)
+        # each board's loop holds a connection in its blocking queue read: a worker of
+        # many boards needs that many and more, whatever the API's bound is
+        wanted = max(settings.redis_max_connections, len(boards) + WORKER_SPARE_CONNECTIONS)
+        own = settings.model_copy(update={"redis_max_connections": wanted})
+        store = Store.from_url(url, own, blocking=BLOCK_MS / 1000)
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         worker: Worker | None = None

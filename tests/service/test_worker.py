@@ -333,6 +333,24 @@ async def test_a_worker_registers_its_boards_and_registers_them_again(
     assert [b["fpga_id"] for b in (await client.get("/fpga")).json()] == [12, 13]
 
 
+async def test_a_worker_of_a_hundred_boards_serves_them_all(
+    client: httpx.AsyncClient, store: Store, spawn_worker: SpawnWorker
+) -> None:
+    """``fpgalab worker --boards 100-199`` at the default FPGALAB_REDIS_MAX_CONNECTIONS
+    (64): each board's blocking queue read holds a connection, and the worker opens
+    enough for all of them; every board is leased and checked."""
+    w = spawn_worker("100-199")
+
+    async def all_served() -> bool:
+        if w.proc.poll() is not None:
+            raise AssertionError(f"worker exited:\n{w.output()}")
+        rows = await store.boards(range(100, 200))
+        return all(r.get("health") == "good" and holder for _, r, holder in rows)
+
+    await wait_for(all_served, timeout=30)
+    assert "No connection available" not in w.output()
+
+
 async def test_expired_lease_lets_another_worker_take_the_board(
     client: httpx.AsyncClient,
     store: Store,
