@@ -76,20 +76,24 @@ def typing(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """API latency/throughput beside a bare FastAPI endpoint, then the live views (events
     to 100 clients beside one, their CPU and memory, the live log beside XRANGE, a board
-    snapshot beside GET /fpga), then the simulated lab (builds, reads, bulk words/s,
-    memory) beside its raw baselines, then the hardware backend against a twin beside
-    the simulated backend and UARTBone's ceilings, then the build sandbox beside the same
-    steps unsandboxed, then the client (waiting vs polling, one ops job vs a job each, a
-    read as the client sees it vs on the lab, the command's start-up vs python's) and
-    the size of each install."""
+    snapshot beside GET /fpga), then a job accepted once a replica has it beside once the
+    primary has it (FPGALAB_REDIS_WAIT_REPLICAS), then the simulated lab (builds, reads,
+    bulk words/s, memory) beside its raw baselines, then the hardware backend against a
+    twin beside the simulated backend and UARTBone's ceilings, then the build sandbox
+    beside the same steps unsandboxed, then the client (waiting vs polling, one ops job
+    vs a job each, a read as the client sees it vs on the lab, the command's start-up vs
+    python's), the size of each install, and pools at scale (1,000 boards beside 10:
+    placements/s, submit to start, Redis work and memory per board and per job)."""
     session.install("-e", ".[lab,test]")
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/events.py")
+    session.run("python", "benches/failover.py")
     session.run("python", "benches/sim_lab.py")
     session.run("python", "benches/client.py")
     session.run("python", "benches/install_size.py")
     session.run("python", "benches/hw_lab.py")
     session.run("python", "benches/sandbox.py")
+    session.run("python", "benches/scale.py")
 
 
 @nox.session(python=PYTHON)
