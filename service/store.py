@@ -502,6 +502,25 @@ class Store:
             )  # fmt: skip
         await pipe.execute()
 
+    async def claim_boards(self, boards: Sequence[int], worker_id: str) -> list[str]:
+        """Take or renew the lease on each of ``boards`` in one round trip (a worker of a
+        hundred boards renews them all within its heartbeat, however loaded Redis is);
+        the worker holding each after the call."""
+        ttl_ms = int(self.settings.worker_heartbeat_ttl * 1000)
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for fpga_id in boards:
+                self.scripts.queue(pipe, "claim", worker_id, ttl_ms, keys=(keys.owner(fpga_id),))
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:  # a Redis that restarted (or a new primary) lacks it
+                if attempt == 2:
+                    raise
+                await self.scripts.load("claim")
+                continue
+            return [str(r) for r in replies]
+        raise AssertionError("unreachable")
+
     async def claim_board(self, fpga_id: int, worker_id: str) -> str:
         """Take or renew the lease on a board; returns the worker holding it."""
         ttl_ms = int(self.settings.worker_heartbeat_ttl * 1000)

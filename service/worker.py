@@ -217,9 +217,8 @@ class Worker:
     async def run(self) -> None:
         """Serve the boards until ``stop()``; raises BoardTaken if one is held elsewhere."""
         await self._heartbeat_once()
-        taken = {
-            b: h for b in self.boards if (h := await self.store.claim_board(b, self.id)) != self.id
-        }
+        holders = await self.store.claim_boards(self.boards, self.id)
+        taken = {b: h for b, h in zip(self.boards, holders, strict=True) if h != self.id}
         if taken:
             await self.store.drop_worker(self.id, self.boards)
             held = ", ".join(f"{b} by {h}" for b, h in taken.items())
@@ -271,8 +270,8 @@ class Worker:
                 # again at every beat (a no-op unless it changed): a Redis that lost its
                 # data (restarted without persistence) has the boards back within a beat
                 await self.store.register_boards(self.inventory)
-                for b in self.boards:
-                    holder = await self.store.claim_board(b, self.id)
+                holders = await self.store.claim_boards(self.boards, self.id)
+                for b, holder in zip(self.boards, holders, strict=True):
                     if holder != self.id and b not in self._lost:
                         # our lease lapsed and another worker took the board: let it go
                         log.error("board %d is now held by %s; no longer serving it", b, holder)
