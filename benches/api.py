@@ -391,10 +391,12 @@ def role_load(args: argparse.Namespace) -> None:
 
 
 class Processes:
-    """Children started by the bench, each stopped (TERM, then KILL) on the way out."""
+    """Children started by the bench, each stopped (TERM, then KILL) on the way out; each
+    runs ``script`` (this file by default: another bench passes its own) with a role."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, script: str = __file__) -> None:
         self.logdir = logdir
+        self.script = script
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -402,7 +404,7 @@ class Processes:
 
         log = (self.logdir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, __file__, *args], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, self.script, *args], stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=child_dies_with_parent, cwd=REPO,
         )  # fmt: skip
         log.close()

@@ -516,15 +516,8 @@ def rss_kib(pid: int) -> int:
 class Children(api.Processes):
     """``api.Processes`` whose children run this file (api.py's roles are among its own)."""
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        out = (self.logdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, __file__, *args], stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=child_dies_with_parent, cwd=REPO,
-        )  # fmt: skip
-        out.close()
-        self.procs.append((name, proc))
-        return proc
+    def __init__(self, logdir: Path) -> None:
+        super().__init__(logdir, __file__)
 
 
 @dataclass(frozen=True)
