@@ -160,14 +160,24 @@ def role_bare(args: argparse.Namespace) -> None:
 def role_worker(args: argparse.Namespace) -> None:
     from fpgalab.service.settings import Settings
     from fpgalab.service.states import BOARD_IDS
+
+    serve_boards(Settings(redis_url=args.redis_url, worker_stop_grace=2), list(BOARD_IDS))
+
+
+def serve_boards(
+    settings: Any,
+    boards: Sequence[int],
+    inventory: dict[int, tuple[str, tuple[str, ...]]] | None = None,
+    blocking: float = 0.0,
+) -> None:
+    """A worker for ``boards`` on ``InstantBackend`` until SIGTERM or SIGINT (a bench's
+    worker role)."""
     from fpgalab.service.store import Store
     from fpgalab.service.worker import Worker
 
-    settings = Settings(redis_url=args.redis_url, worker_stop_grace=2)
-
     async def main() -> None:
-        store = Store.from_url(args.redis_url, settings)
-        worker = Worker(store, InstantBackend(), BOARD_IDS)
+        store = Store.from_url(settings.redis_url, settings, blocking=blocking)
+        worker = Worker(store, InstantBackend(), boards, inventory=inventory)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

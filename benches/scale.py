@@ -137,8 +137,7 @@ def role_worker(args: argparse.Namespace) -> None:
     """Boards ``--first`` .. ``--first + --count - 1``, as ``fpgalab worker`` serves them,
     with ``--connections`` Redis connections at most (0: the setting's default)."""
     from fpgalab.service.settings import Settings
-    from fpgalab.service.store import Store
-    from fpgalab.service.worker import BLOCK_MS, Worker
+    from fpgalab.service.worker import BLOCK_MS
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings(redis_url=args.redis_url, worker_stop_grace=2)
@@ -147,18 +146,7 @@ def role_worker(args: argparse.Namespace) -> None:
     boards = list(range(args.first, args.first + args.count))
     inventory = {b: ("sim", tags_of(b)) for b in boards}
 
-    async def main() -> None:
-        store = Store.from_url(args.redis_url, settings, blocking=BLOCK_MS / 1000)
-        worker = Worker(store, api.InstantBackend(), boards, inventory=inventory)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        try:
-            await worker.run()
-        finally:
-            await store.close()
-
-    asyncio.run(main())
+    api.serve_boards(settings, boards, inventory, blocking=BLOCK_MS / 1000)
 
 
 def role_lab(args: argparse.Namespace) -> None:
