@@ -39,8 +39,11 @@ __all__ = [
     "HealthReport",
     "LogFn",
     "Op",
+    "TraceRequest",
+    "TracedRun",
     "TransactResult",
     "Transaction",
+    "Waveform",
     "default_data_dir",
     "filename_problem",
     "lab_data_dir",
@@ -133,6 +136,39 @@ class TransactResult:
 
 
 @dataclass(frozen=True)
+class TraceRequest:
+    """What a traced run asks of the board's logic analyzer."""
+
+    #: The signals to show, by name (None: all the analyzer captures).
+    signals: tuple[str, ...] | None = None
+    #: Largest waveform to keep (bytes); a bigger one is an error, not a waveform.
+    max_bytes: int = 8 << 20
+
+
+@dataclass(frozen=True)
+class Waveform:
+    """A capture of a run's window, as a file a waveform viewer opens."""
+
+    format: str  # "vcd"
+    data: bytes
+    #: Samples the analyzer stored (it stores the cycles the user slot's bus is busy).
+    samples: int
+    #: The analyzer was full before the run ended: the waveform shows the run's start.
+    full: bool
+    signals: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TracedRun:
+    """A run's results, and its waveform or why there is none (the results stand
+    either way)."""
+
+    results: list[TransactResult]
+    waveform: Waveform | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class HealthReport:
     ok: bool
     detail: str = ""
@@ -159,6 +195,13 @@ class Backend(Protocol):
     def transact_many(self, board: int, txns: Sequence[Transaction]) -> list[TransactResult]:
         """Run ``txns`` in order, as few round trips as the board allows; the first that
         fails is the last run (nothing after it reaches the bus) and the last result."""
+        ...
+
+    def transact_traced(
+        self, board: int, txns: Sequence[Transaction], trace: TraceRequest
+    ) -> TracedRun:
+        """``transact_many`` with the board's logic analyzer armed before and read back
+        after (``backends.trace``); a capture that fails is an error beside the results."""
         ...
 
     def reset(self, board: int, log: LogFn) -> None:

@@ -38,10 +38,13 @@ from fpgalab.backends.base import (
     HealthReport,
     LogFn,
     Op,
+    TracedRun,
+    TraceRequest,
     Transaction,
     TransactResult,
     default_data_dir,
 )
+from fpgalab.backends.trace import run_traced
 from fpgalab.hil.build.ecp5 import Bitstream, BitstreamBuilder
 from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
 from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
@@ -201,6 +204,14 @@ class HardwareBackend:
                 if not results[-1].ok:
                     break
         return results
+
+    def transact_traced(
+        self, board: int, txns: Sequence[Transaction], trace: TraceRequest
+    ) -> TracedRun:
+        """``txns`` with the SoC's logic analyzer around them (``backends.trace``)."""
+        return run_traced(
+            lambda t: self.transact_many(board, t), self.memory_map(board), txns, trace
+        )
 
     def _transact(self, slot: _Board, txn: Transaction) -> TransactResult:
         """One transaction and its error count (the caller holds the board's lock)."""

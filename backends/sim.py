@@ -26,10 +26,13 @@ from fpgalab.backends.base import (
     HealthReport,
     LogFn,
     Op,
+    TracedRun,
+    TraceRequest,
     Transaction,
     TransactResult,
     default_data_dir,
 )
+from fpgalab.backends.trace import run_traced
 from fpgalab.hil.build.errors import DesignBuildError, ToolchainError
 from fpgalab.hil.build.pipeline import DEFAULT_TIMEOUT
 from fpgalab.hil.build.sandbox import NOBODY, Sandbox
@@ -172,6 +175,14 @@ class SimBackend:
         if refused and len(results) == len(requests) and all(r.ok for r in results):
             results.append(TransactResult(ok=False, error=refused))
         return results
+
+    def transact_traced(
+        self, board: int, txns: Sequence[Transaction], trace: TraceRequest
+    ) -> TracedRun:
+        """``txns`` with the SoC's logic analyzer around them (``backends.trace``)."""
+        return run_traced(
+            lambda t: self.transact_many(board, t), self.memory_map(board), txns, trace
+        )
 
     def _describe(self, reply: Any, count: int) -> str:
         where = f"{reply.failed_at:#010x} (word {reply.done} of {count})"

@@ -15,7 +15,7 @@
     │                                 | priority_reserved | tag_restricted
     ├── NotFound                  404 job_not_found | no_active_session | not_found
     │                                 | fpga_not_found
-    │                                 | memory_map_unknown
+    │                                 | memory_map_unknown | waveform_not_found
     ├── Conflict                  409 fpga_not_idle | fpga_not_reserved | fpga_not_resettable
     │                                 | fpga_unavailable | job_not_complete
     │                                 | job_not_cancellable | session_renew_limit
@@ -116,7 +116,14 @@ class Forbidden(LabError):
 class NotFound(LabError):
     status = 404
     codes = frozenset(
-        {"job_not_found", "no_active_session", "not_found", "memory_map_unknown", "fpga_not_found"}
+        {
+            "job_not_found",
+            "no_active_session",
+            "not_found",
+            "memory_map_unknown",
+            "fpga_not_found",
+            "waveform_not_found",
+        }
     )
 
 

@@ -18,6 +18,7 @@ fpgalab:board:{id}:memory-map string csr.json of the SoC on the board now
 fpgalab:job:{job_id}          hash   the job record (request, status, result)
 fpgalab:job:{job_id}:log      stream log lines, field ``l``; entry ``0-N`` is line N
 fpgalab:job:{job_id}:design   string the uploaded design bytes
+fpgalab:job:{job_id}:waveform string a traced run's waveform (VCD)
 fpgalab:build:{key}:callers   set    callers who built (or were given) a build, so that a
                                      build cache hit is told only to them (TTL: retention)
 fpgalab:jobs:running          zset   job id -> start time, for lost-worker checks
@@ -60,6 +61,7 @@ TEMPLATES = {
     "job": f"{PREFIX}:job:{{id}}",
     "log": f"{PREFIX}:job:{{id}}:log",
     "design": f"{PREFIX}:job:{{id}}:design",
+    "waveform": f"{PREFIX}:job:{{id}}:waveform",
     "caller_queued": f"{PREFIX}:caller:{{id}}:queued",
     "caller_stored": f"{PREFIX}:caller:{{id}}:stored",
     "caller_boards": f"{PREFIX}:caller:{{id}}:boards",
@@ -134,6 +136,10 @@ def job(job_id: str) -> str:
 
 def log(job_id: str) -> str:
     return _key("log", job_id)
+
+
+def waveform(job_id: str) -> str:
+    return _key("waveform", job_id)
 
 
 def design(job_id: str) -> str:

@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fpgalab.backends import Op, span_problem
-from fpgalab.service.settings import MAX_OPS_PER_RUN, MAX_TRANSFER_WORDS
+from fpgalab.service.settings import MAX_OPS_PER_RUN, MAX_TRACE_SIGNALS, MAX_TRANSFER_WORDS
 from fpgalab.service.states import BoardState, Health, JobStatus, JobType
 
 Word = Annotated[int, Field(ge=0, lt=2**32)]
@@ -113,7 +113,39 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class RunRequest(StrictBody):
+#: A signal a trace may show: the user slot's bus (``wb_cyc``, ``wb_adr``…) or one of the
+#: design's probes by its name (docs/designs.md, Probes).
+SignalName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class TraceFields(StrictBody):
+    """What a run asks of the board's logic analyzer (docs/api.md, Traces)."""
+
+    trace: bool = Field(
+        False,
+        description="Capture the run's window on the board's logic analyzer: the job's "
+        "result then says what was captured and `GET …/jobs/{job_id}/waveform` serves it "
+        "(VCD).",
+    )
+    signals: list[SignalName] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TRACE_SIGNALS,
+        description="With `trace`: the signals to show, by name (default: every signal the "
+        "analyzer captures: the user slot's Wishbone bus and the design's probes).",
+    )
+
+    @model_validator(mode="after")
+    def _check_trace(self) -> TraceFields:
+        if self.signals is not None and not self.trace:
+            raise ValueError("signals: name signals only with trace: true")
+        if self.signals is not None and len(set(self.signals)) != len(self.signals):
+            twice = sorted({s for s in self.signals if self.signals.count(s) > 1})
+            raise ValueError(f"signals: {', '.join(twice)} named twice")
+        return self
+
+
+class RunOp(StrictBody):
     """One Wishbone transaction: a write of ``data`` or a read of ``length`` words,
     at consecutive word addresses starting at ``address``."""
 
@@ -154,15 +186,20 @@ class RunRequest(StrictBody):
         return len(self.data) if self.data else (self.length or 1)
 
 
+class RunRequest(RunOp, TraceFields):
+    """One Wishbone transaction: a write of ``data`` or a read of ``length`` words,
+    at consecutive word addresses starting at ``address``; ``trace`` captures it."""
+
+
 #: RunRequest's fields: a list of transactions has none of them beside it.
 _ONE_RUN_FIELDS = ("op", "address", "data", "length")
 
 
-class RunOpsRequest(StrictBody):
+class RunOpsRequest(TraceFields):
     """Several Wishbone transactions, run in order on the board in one job; the first
-    that fails stops the list."""
+    that fails stops the list. ``trace`` captures the whole list."""
 
-    ops: list[RunRequest] = Field(
+    ops: list[RunOp] = Field(
         min_length=1,
         max_length=MAX_OPS_PER_RUN,
         description="The transactions, each as a single run takes it (op, address, data | "
@@ -279,6 +316,26 @@ class RunOpResult(BaseModel):
     error: str | None = Field(None, description="Why it failed (the one that stopped the list).")
 
 
+class TraceSummary(BaseModel):
+    """What a traced run captured (``ok``), or why it has no waveform (``error``)."""
+
+    ok: bool = Field(description="A waveform was made: `GET …/jobs/{job_id}/waveform` serves it.")
+    error: str | None = Field(
+        None, description="Why there is no waveform (the run's own data stands)."
+    )
+    format: Literal["vcd"] | None = Field(None, description="The waveform's format.")
+    bytes: int | None = Field(None, description="Its size.")
+    samples: int | None = Field(
+        None, description="Samples the analyzer stored: the cycles the user slot's bus was busy."
+    )
+    full: bool | None = Field(
+        None,
+        description="The analyzer filled up before the run ended: the waveform shows the "
+        "run's start.",
+    )
+    signals: list[str] | None = Field(None, description="The signals it shows.")
+
+
 class RunResult(BaseModel):
     ok: bool
     data: list[int] = Field(
@@ -292,6 +349,9 @@ class RunResult(BaseModel):
         None,
         description="An `ops` run only (absent otherwise): one entry per op run, in order, up "
         "to and including the one that failed.",
+    )
+    trace: TraceSummary | None = Field(
+        None, description="A traced run only (absent otherwise): what its trace captured."
     )
 
 

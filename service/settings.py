@@ -19,6 +19,8 @@ MAX_TRANSFER_WORDS = 65536
 #: The most transactions one run job's ``ops`` may list: the schema's ceiling
 #: (``RunOpsRequest``). ``max_ops_per_run`` may lower it, never raise it.
 MAX_OPS_PER_RUN = 4096
+#: The most signals a traced run may name (``RunRequest.signals``).
+MAX_TRACE_SIGNALS = 64
 
 
 def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -124,6 +126,9 @@ class Settings(BaseSettings):
     #: Most transactions one run job's ``ops`` may list (their words together are held to
     #: ``max_transfer_words``); at most ``MAX_OPS_PER_RUN``, the schema's ceiling.
     max_ops_per_run: int = Field(default=MAX_OPS_PER_RUN, gt=0)
+    #: Largest waveform a traced run keeps (bytes of VCD); a bigger capture is refused
+    #: with an error in the run's result, its data still returned.
+    max_waveform_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     #: Most log lines kept per job (older ones are trimmed).
     max_log_lines: int = Field(default=100_000, gt=0)
     #: Most log bytes kept per job: past them lines are dropped but for the last few, and

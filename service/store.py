@@ -605,13 +605,21 @@ class Store:
         health: str = "",
         health_reason: str = "",
         measured: str = "",
+        waveform: bytes = b"",
     ) -> dict[str, Any]:
         """``measured``: what the worker timed (JSON, ``service.measures``), counted with
-        the job's end."""
+        the job's end; ``waveform``: a traced run's VCD, kept as long as the job."""
         return await self.scripts.call(
             "finish", job_id, worker_id, status, event, error, result, health, health_reason,
             self.settings.job_retention, self.settings.storage_budget_window, measured,
+            waveform.decode("ascii", "replace"),  # VCD: ASCII, as ``hil.trace`` writes it
         )  # fmt: skip
+
+    async def waveform(self, job_id: str) -> bytes | None:
+        """A traced run's waveform (None: the job has none, or it has expired). VCD is
+        ASCII (``hil.trace`` writes it from checked names), so the text client reads it."""
+        text: str | None = await self.redis.get(keys.waveform(job_id))
+        return text.encode("ascii") if text is not None else None
 
     async def append_logs(self, job_id: str, lines: Sequence[str]) -> None:
         """Append to the job's log; the bytes count against its owner's storage budget."""

@@ -37,7 +37,10 @@ from fpgalab.backends import (
     Design,
     DesignError,
     Op,
+    TracedRun,
+    TraceRequest,
     Transaction,
+    TransactResult,
 )
 from fpgalab.service.states import SIM_PLATFORM, BoardState, Event, Health, JobStatus, JobType
 from fpgalab.service.store import LeaseLost, Store, new_id
@@ -83,6 +86,8 @@ class Outcome:
     result: str = ""
     health: Health | None = None
     health_reason: str = ""
+    #: A traced run's waveform (VCD), kept beside its result.
+    waveform: bytes = b""
 
 
 class JobLog:
@@ -467,6 +472,7 @@ class Worker:
             return await self.store.finish(
                 job_id, self.id, outcome.status, outcome.event or "", outcome.error,
                 outcome.result, outcome.health or "", outcome.health_reason, timings,
+                outcome.waveform,
             )  # fmt: skip
 
         reply = await self._patiently(f"job {job_id}: its end", write)
@@ -524,37 +530,23 @@ class Worker:
     async def _run(self, board: int, job: dict[str, str]) -> Outcome:
         request = json.loads(job["request"])
         started = time.monotonic()
-        if "ops" in request:
-            outcome = await self._run_ops(board, [_transaction(op) for op in request["ops"]])
-            self._took(board, "run", started)
-            return outcome
-        result = await self._in_thread(self.backend.transact, board, _transaction(request))
+        ops = "ops" in request
+        txns = [_transaction(op) for op in request["ops"]] if ops else [_transaction(request)]
+        traced = None
+        if request.get("trace"):
+            wanted = request.get("signals")
+            ask = TraceRequest(
+                signals=tuple(wanted) if wanted else None,
+                max_bytes=self.store.settings.max_waveform_bytes,
+            )
+            traced = await self._in_thread(self.backend.transact_traced, board, txns, ask)
+            results = traced.results
+        elif ops:
+            results = await self._in_thread(self.backend.transact_many, board, txns)
+        else:
+            results = [await self._in_thread(self.backend.transact, board, txns[0])]
         self._took(board, "run", started)
-        error = one_line(result.error) if result.error is not None else None
-        body = json.dumps({"ok": result.ok, "data": result.data, "error": error})
-        if result.ok:
-            return Outcome(JobStatus.COMPLETE, result=body)
-        return Outcome(JobStatus.FAILED, error=error or "bus error", result=body)
-
-    async def _run_ops(self, board: int, txns: list[Transaction]) -> Outcome:
-        """A list of transactions in one backend call; the first that fails ends it, and
-        the job's error says which it was (counting from 1)."""
-        results = await self._in_thread(self.backend.transact_many, board, txns)
-        entries = [
-            {"ok": r.ok, "data": r.data, "error": None if r.error is None else one_line(r.error)}
-            for r in results
-        ]
-        error = None
-        if len(results) != len(txns) or not all(r.ok for r in results):
-            failed = next((i for i, r in enumerate(results) if not r.ok), len(results))
-            why = entries[failed]["error"] if failed < len(entries) else None
-            # a backend that stopped without saying why: a bug of its own
-            error = one_line(f"op {failed + 1} of {len(txns)}: {why or 'not run'}")
-        data = [word for r in results for word in r.data]
-        body = json.dumps({"ok": error is None, "data": data, "error": error, "results": entries})
-        if error is None:
-            return Outcome(JobStatus.COMPLETE, result=body)
-        return Outcome(JobStatus.FAILED, error=error, result=body)
+        return _run_outcome(txns, results, ops, traced)
 
     async def _reset(self, board: int, joblog: JobLog) -> Outcome:
         joblog(f"fpgalab: resetting board {board} to the base SoC")
@@ -573,6 +565,54 @@ class Worker:
         took = time.monotonic() - started
         self._measured.setdefault(board, {}).setdefault("seconds", {})[phase] = took
         return took
+
+
+def _run_outcome(
+    txns: list[Transaction], results: list[TransactResult], ops: bool, traced: TracedRun | None
+) -> Outcome:
+    """A run's end: its result (``service.models.RunResult``) and waveform. One
+    transaction fails with the bus's error; a list with ``op N of M: …`` (from 1): the
+    first that fails ends it."""
+    entries = [
+        {"ok": r.ok, "data": r.data, "error": None if r.error is None else one_line(r.error)}
+        for r in results
+    ]
+    error = None
+    if len(results) != len(txns) or not all(r.ok for r in results):
+        failed = next((i for i, r in enumerate(results) if not r.ok), len(results))
+        why = entries[failed]["error"] if failed < len(entries) else None
+        # a backend that stopped without saying why: a bug of its own
+        why = why or ("bus error" if not ops else "not run")
+        error = one_line(f"op {failed + 1} of {len(txns)}: {why}") if ops else why
+    body: dict[str, Any] = {
+        "ok": error is None,
+        "data": [word for r in results for word in r.data],
+        "error": error,
+    }
+    if ops:
+        body["results"] = entries
+    waveform = b""
+    if traced is not None:
+        body["trace"] = _trace_summary(traced)
+        waveform = traced.waveform.data if traced.waveform is not None else b""
+    status = JobStatus.COMPLETE if error is None else JobStatus.FAILED
+    return Outcome(status, error=error or "", result=json.dumps(body), waveform=waveform)
+
+
+def _trace_summary(traced: TracedRun) -> dict[str, Any]:
+    """What a run's result says of its trace (``service.models.TraceSummary``, every
+    field: the result is served as stored)."""
+    wave = traced.waveform
+    if wave is None:
+        why = one_line(traced.error or "no waveform was made")
+        return {"ok": False, "error": why, **dict.fromkeys(_WAVEFORM_FIELDS)}
+    return {
+        "ok": True, "error": None, "format": wave.format, "bytes": len(wave.data),
+        "samples": wave.samples, "full": wave.full, "signals": list(wave.signals),
+    }  # fmt: skip
+
+
+_WAVEFORM_FIELDS = ("format", "bytes", "samples", "full", "signals")
 
 
 def _transaction(request: dict[str, Any]) -> Transaction:

@@ -10,6 +10,10 @@ same in a worker in another process:
 - ``SLEEP=<s>``    build sleeps that many seconds first
 - ``GATE``         build waits until the test calls ``release_gate()``
 - ``ECHO:<text>``  build logs ``<text>`` (the rest of its line) as is: hostile log lines
+- ``NO_SCOPE``     the programmed design has no logic analyzer: traced runs say so
+
+A traced run (``transact_traced``) gives a small VCD of the run's transactions made here
+(a double of ``backends.trace``: it shows the service's side, not the analyzer's).
 
 A test in the same process can also hold ``program``, ``transact``, ``reset`` or
 ``health`` calls: add the op names to ``hold`` (and board ids to ``hold_boards`` to hold
@@ -39,8 +43,11 @@ from fpgalab.backends import (
     HealthReport,
     LogFn,
     Op,
+    TracedRun,
+    TraceRequest,
     Transaction,
     TransactResult,
+    Waveform,
 )
 
 #: Reads or writes at or above this byte address get a bus error.
@@ -61,6 +68,7 @@ class FakeBackend:
         self.programmed: dict[int, str] = {}
         self.crashed: set[int] = set()  # transact raises BoardError
         self.unhealthy: set[int] = set()  # health reports not ok
+        self.no_scope: set[int] = set()  # programmed with a NO_SCOPE design
         self.fail_reset: set[int] = set()  # reset raises BoardError
         self.calls: list[tuple[str, Any]] = []
         self.gate = threading.Event()
@@ -102,7 +110,8 @@ class FakeBackend:
         if "INFRA_FAIL" in text:
             raise BackendUnavailable("fake: toolchain not found")
         log("fake: verilating")
-        return Build(key=design.sha256, details={"program_fail": "PROGRAM_FAIL" in text})
+        details = {"program_fail": "PROGRAM_FAIL" in text, "no_scope": "NO_SCOPE" in text}
+        return Build(key=design.sha256, details=details)
 
     def program(self, board: int, build: Build, log: LogFn) -> None:
         self._hold("program", board)
@@ -112,6 +121,7 @@ class FakeBackend:
         with self._lock:
             self.programmed[board] = build.key
             self.memory[board] = {}
+            (self.no_scope.add if build.details.get("no_scope") else self.no_scope.discard)(board)
         log(f"fake: board {board} programmed")
 
     def transact(self, board: int, txn: Transaction) -> TransactResult:
@@ -138,6 +148,34 @@ class FakeBackend:
             if not results[-1].ok:
                 break
         return results
+
+    #: The signals the double's "analyzer" shows, as the real one names the bus's.
+    TRACE_SIGNALS = ("wb_we", "wb_adr", "wb_dat")
+
+    def transact_traced(
+        self, board: int, txns: Sequence[Transaction], trace: TraceRequest
+    ) -> TracedRun:
+        results = self.transact_many(board, txns)
+        if board in self.no_scope:
+            return TracedRun(results, error="fake: this build has no logic analyzer")
+        signals = trace.signals or self.TRACE_SIGNALS
+        unknown = [name for name in signals if name not in self.TRACE_SIGNALS]
+        if unknown:
+            return TracedRun(results, error=f"fake: no signal {', '.join(unknown)}")
+        lines = ["$timescale 1 ns $end", "$scope module fake $end"]
+        lines += [f"$var wire 32 {n} {name} $end" for n, name in enumerate(signals)]
+        lines += ["$upscope $end", "$enddefinitions $end"]
+        for t, (txn, result) in enumerate(zip(txns, results, strict=False)):
+            words = txn.data if txn.op is Op.WRITE else tuple(result.data)
+            value = {"wb_we": int(txn.op is Op.WRITE), "wb_adr": txn.address,
+                     "wb_dat": words[0] if words else 0}  # fmt: skip
+            lines.append(f"#{10 * t}")
+            lines += [f"b{value[name]:b} {n}" for n, name in enumerate(signals)]
+        data = ("\n".join(lines) + "\n").encode()
+        if len(data) > trace.max_bytes:
+            return TracedRun(results, error=f"fake: {len(data)} bytes, over {trace.max_bytes}")
+        wave = Waveform("vcd", data, samples=len(results), full=False, signals=tuple(signals))
+        return TracedRun(results, wave)
 
     def reset(self, board: int, log: LogFn) -> None:
         self._hold("reset", board)

@@ -61,11 +61,13 @@ from fpgalab.client._errors import (
     TooManyBoards,
     TooManyQueuedJobs,
     TooManyRequests,
+    TraceUnavailable,
     TransportError,
     UnexpectedResponse,
     Unprocessable,
     UnsupportedDesign,
     ValidationError,
+    WaveformNotFound,
 )
 from fpgalab.client._models import (
     AuditEntry,
@@ -87,6 +89,8 @@ from fpgalab.client._models import (
     Region,
     RunResult,
     Session,
+    Traced,
+    TraceInfo,
     Write,
 )
 from fpgalab.client._protocol import DEFAULT_URL, KEY_ENV, URL_ENV
@@ -182,10 +186,14 @@ __all__ = [
     "TooManyBoards",
     "TooManyQueuedJobs",
     "TooManyRequests",
+    "TraceInfo",
+    "TraceUnavailable",
+    "Traced",
     "TransportError",
     "UnexpectedResponse",
     "Unprocessable",
     "UnsupportedDesign",
     "ValidationError",
+    "WaveformNotFound",
     "Write",
 ]

@@ -18,8 +18,10 @@ from collections.abc import (
     Sequence,
 )
 from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
@@ -36,6 +38,7 @@ from fpgalab.client._models import (
     Region,
     RunResult,
     Session,
+    Traced,
     Write,
 )
 from fpgalab.client._protocol import (
@@ -55,6 +58,8 @@ from fpgalab.client._protocol import (
     Protocol,
     SessionState,
     Sleep,
+    TraceArg,
+    traced,
 )
 
 log = logging.getLogger("fpgalab.client")
@@ -255,8 +260,13 @@ class AsyncClient:
         *,
         session_id: str | None = None,
         idempotency_key: str | None = None,
+        trace: bool = False,
+        signals: Sequence[str] | None = None,
     ) -> JobAccepted:
-        return await self._drive(self._protocol.run(fpga_id, ops, session_id, idempotency_key))
+        flow = self._protocol.run(
+            fpga_id, ops, session_id, idempotency_key, trace=trace, signals=signals
+        )
+        return await self._drive(flow)
 
     async def job(self, fpga_id: int, job_id: str) -> Job:
         return await self._drive(self._protocol.job(fpga_id, job_id))
@@ -276,6 +286,9 @@ class AsyncClient:
         self, fpga_id: int, job_id: str, *, session_id: str | None = None
     ) -> RunResult:
         return await self._drive(self._protocol.result(fpga_id, job_id, session_id))
+
+    async def waveform(self, fpga_id: int, job_id: str, *, session_id: str | None = None) -> bytes:
+        return await self._drive(self._protocol.waveform(fpga_id, job_id, session_id))
 
     async def logs(
         self, fpga_id: int, job_id: str, *, follow: bool = False, session_id: str | None = None
@@ -487,17 +500,82 @@ class AsyncBoardSession:
             return address
         return (await self.memory_map()).address(address)
 
-    async def read(self, address: int | str, length: int = 1) -> list[int]:
+    @overload
+    async def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: Literal[False] = False,
+        signals: Sequence[str] | None = None,
+    ) -> list[int]: ...
+    @overload
+    async def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: Literal[True] | str | PathLike[str],
+        signals: Sequence[str] | None = None,
+    ) -> Traced: ...
+    async def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> list[int] | Traced:
         op = Read(await self._address(address), length)
-        return (await self.client._drive(self._protocol.board_run(self._state, op, True))).data
+        flow = self._protocol.board_run(self._state, op, True, bool(trace), signals)
+        result = await self.client._drive(flow)
+        return await asyncio.to_thread(traced, result, trace) if trace else result.data
 
-    async def write(self, address: int | str, data: int | Sequence[int]) -> None:
+    @overload
+    async def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: Literal[False] = False,
+        signals: Sequence[str] | None = None,
+    ) -> None: ...
+    @overload
+    async def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: Literal[True] | str | PathLike[str],
+        signals: Sequence[str] | None = None,
+    ) -> Traced: ...
+    async def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> Traced | None:
         words = [data] if isinstance(data, int) else list(data)
         op = Write(await self._address(address), words)
-        await self.client._drive(self._protocol.board_run(self._state, op, True))
+        flow = self._protocol.board_run(self._state, op, True, bool(trace), signals)
+        result = await self.client._drive(flow)
+        return await asyncio.to_thread(traced, result, trace) if trace else None
 
-    async def transact(self, ops: Sequence[Op], *, check: bool = True) -> RunResult:
-        return await self.client._drive(self._protocol.board_run(self._state, list(ops), check))
+    async def transact(
+        self,
+        ops: Sequence[Op],
+        *,
+        check: bool = True,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> RunResult:
+        flow = self._protocol.board_run(self._state, list(ops), check, bool(trace), signals)
+        result = await self.client._drive(flow)
+        if trace and result.waveform is not None and not isinstance(trace, bool):
+            await asyncio.to_thread(Path(trace).write_bytes, result.waveform)
+        return result
 
     async def memory_map(self) -> MemoryMap:
         return await self.client._drive(self._protocol.board_memory_map(self._state))

@@ -9,8 +9,10 @@ import ssl
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
@@ -27,6 +29,7 @@ from fpgalab.client._models import (
     Region,
     RunResult,
     Session,
+    Traced,
     Write,
 )
 from fpgalab.client._protocol import (
@@ -46,6 +49,8 @@ from fpgalab.client._protocol import (
     Protocol,
     SessionState,
     Sleep,
+    TraceArg,
+    traced,
 )
 
 log = logging.getLogger("fpgalab.client")
@@ -256,10 +261,17 @@ class Client:
         *,
         session_id: str | None = None,
         idempotency_key: str | None = None,
+        trace: bool = False,
+        signals: Sequence[str] | None = None,
     ) -> JobAccepted:
         """Queue a run job: one ``Read``/``Write`` (or the API's op body), or a list of
-        them (one ``ops`` job). Returns at once: ``wait``, then ``result``."""
-        return self._drive(self._protocol.run(fpga_id, ops, session_id, idempotency_key))
+        them (one ``ops`` job). Returns at once: ``wait``, then ``result``. ``trace``: the
+        board's logic analyzer captures the run (``signals``: which; default all); the
+        VCD is then ``waveform(fpga_id, job_id)``."""
+        flow = self._protocol.run(
+            fpga_id, ops, session_id, idempotency_key, trace=trace, signals=signals
+        )
+        return self._drive(flow)
 
     def job(self, fpga_id: int, job_id: str) -> Job:
         return self._drive(self._protocol.job(fpga_id, job_id))
@@ -280,6 +292,11 @@ class Client:
     def result(self, fpga_id: int, job_id: str, *, session_id: str | None = None) -> RunResult:
         """A finished job's result (``JobNotComplete`` before)."""
         return self._drive(self._protocol.result(fpga_id, job_id, session_id))
+
+    def waveform(self, fpga_id: int, job_id: str, *, session_id: str | None = None) -> bytes:
+        """A traced run's waveform, VCD (``WaveformNotFound``: the run made none, and the
+        message says why)."""
+        return self._drive(self._protocol.waveform(fpga_id, job_id, session_id))
 
     def logs(
         self, fpga_id: int, job_id: str, *, follow: bool = False, session_id: str | None = None
@@ -479,22 +496,92 @@ class BoardSession:
     def _address(self, address: int | str) -> int:
         return address if isinstance(address, int) else self.memory_map().address(address)
 
-    def read(self, address: int | str, length: int = 1) -> list[int]:
-        """``length`` words from ``address`` (a byte address, or a CSR or region name)."""
+    @overload
+    def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: Literal[False] = False,
+        signals: Sequence[str] | None = None,
+    ) -> list[int]: ...
+    @overload
+    def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: Literal[True] | str | PathLike[str],
+        signals: Sequence[str] | None = None,
+    ) -> Traced: ...
+    def read(
+        self,
+        address: int | str,
+        length: int = 1,
+        *,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> list[int] | Traced:
+        """``length`` words from ``address`` (a byte address, or a CSR or region name).
+        ``trace``: the board's logic analyzer captures the read; a ``Traced`` comes back
+        (``.data``, ``.waveform`` the VCD), the VCD also written to ``trace`` if it is a
+        path. ``signals``: which to show (default all). No waveform: ``TraceUnavailable``."""
         op = Read(self._address(address), length)
-        return self.client._drive(self._protocol.board_run(self._state, op, True)).data
+        flow = self._protocol.board_run(self._state, op, True, bool(trace), signals)
+        result = self.client._drive(flow)
+        return traced(result, trace) if trace else result.data
 
-    def write(self, address: int | str, data: int | Sequence[int]) -> None:
-        """Write a word, or words at consecutive word addresses, from ``address``."""
+    @overload
+    def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: Literal[False] = False,
+        signals: Sequence[str] | None = None,
+    ) -> None: ...
+    @overload
+    def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: Literal[True] | str | PathLike[str],
+        signals: Sequence[str] | None = None,
+    ) -> Traced: ...
+    def write(
+        self,
+        address: int | str,
+        data: int | Sequence[int],
+        *,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> Traced | None:
+        """Write a word, or words at consecutive word addresses, from ``address``;
+        ``trace`` and ``signals`` as for ``read``."""
         words = [data] if isinstance(data, int) else list(data)
         op = Write(self._address(address), words)
-        self.client._drive(self._protocol.board_run(self._state, op, True))
+        flow = self._protocol.board_run(self._state, op, True, bool(trace), signals)
+        result = self.client._drive(flow)
+        return traced(result, trace) if trace else None
 
-    def transact(self, ops: Sequence[Op], *, check: bool = True) -> RunResult:
+    def transact(
+        self,
+        ops: Sequence[Op],
+        *,
+        check: bool = True,
+        trace: TraceArg = False,
+        signals: Sequence[str] | None = None,
+    ) -> RunResult:
         """Run ``ops`` in order in one job: ``.data`` every read's words, ``.results`` one
         per op. The first bus error stops the list: ``JobFailed`` (its ``.result`` says
-        which op), or, without ``check``, the result with ``ok`` false."""
-        return self.client._drive(self._protocol.board_run(self._state, list(ops), check))
+        which op), or, without ``check``, the result with ``ok`` false. ``trace``: the
+        result's ``.waveform`` holds the run's VCD (also written to ``trace`` if a path)."""
+        flow = self._protocol.board_run(self._state, list(ops), check, bool(trace), signals)
+        result = self.client._drive(flow)
+        if trace and result.waveform is not None and not isinstance(trace, bool):
+            Path(trace).write_bytes(result.waveform)
+        return result
 
     def memory_map(self) -> MemoryMap:
         """The board's ``csr.json`` (read once per session)."""

@@ -8,6 +8,8 @@
     ├── JobTimeout                   a wait ran out of time first (.job as last seen);
     │                                also a TimeoutError
     ├── NoIdleBoard                  reserve(None, ...) found no board to take
+    ├── TraceUnavailable             a traced run made no waveform (.reason, .result: the
+    │                                run's data stands)
     └── LabError                     the lab answered an error (.status, .code, .message,
         │                            .response, .retry_after)
         ├── BadRequest               400 bad_request
@@ -21,6 +23,7 @@
         │                                ├ FpgaNotFound           fpga_not_found
         │                                ├ NoActiveSession        no_active_session
         │                                ├ MemoryMapUnknown       memory_map_unknown
+        │                                ├ WaveformNotFound       waveform_not_found
         │                                └ RouteNotFound          not_found
         ├── MethodNotAllowed         405 method_not_allowed
         ├── RequestTimeout           408 request_timeout
@@ -100,6 +103,17 @@ class JobFailed(FpgalabError):
         super().__init__(f"job {job.job_id} ({job.type}) on FPGA {job.fpga_id} {job.status}{why}")
         self.job = job
         self.log_tail = list(log_tail or [])
+        self.result = result
+
+
+class TraceUnavailable(FpgalabError):
+    """A run asked for a trace and got none (no analyzer in the build, an unknown signal,
+    a waveform over the lab's limit): ``reason`` says why, ``result`` is the run's result,
+    its words read as they would be untraced."""
+
+    def __init__(self, reason: str, result: RunResult) -> None:
+        super().__init__(f"no waveform: {reason}")
+        self.reason = reason
         self.result = result
 
 
@@ -208,6 +222,10 @@ class NoActiveSession(NotFound):
 
 class MemoryMapUnknown(NotFound):
     CODE = "memory_map_unknown"
+
+
+class WaveformNotFound(NotFound):
+    CODE = "waveform_not_found"
 
 
 class RouteNotFound(NotFound):

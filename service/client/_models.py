@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fpgalab.client._errors import UnexpectedResponse
@@ -424,15 +425,43 @@ class OpResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceInfo:
+    """What a traced run captured (``ok``: a waveform was made), or why it has none."""
+
+    ok: bool
+    error: str | None = None
+    format: str | None = None
+    bytes: int | None = None
+    #: Samples the analyzer stored: the cycles the user slot's bus was busy.
+    samples: int | None = None
+    #: The analyzer filled up before the run ended: the waveform shows the run's start.
+    full: bool | None = None
+    signals: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: object) -> TraceInfo:
+        b = _Body("result.trace", raw)
+        return cls(
+            b.flag("ok"), b.opt_string("error"), b.opt_string("format"), b.opt_integer("bytes"),
+            b.opt_integer("samples"), b.get("full") is True,
+            b.strings("signals"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     """A finished job's result. For a run: ``data`` the words read (with ``ops``, every
     read's words in order); ``results`` one ``OpResult`` per op of an ``ops`` run, up to
-    the first that failed (empty for a single-op run, a build or a reset)."""
+    the first that failed (empty for a single-op run, a build or a reset). A traced run:
+    ``trace`` what was captured, ``waveform`` the VCD (once fetched), ``job_id`` its job."""
 
     ok: bool
     data: list[int] = field(default_factory=list)
     error: str | None = None
     results: list[OpResult] = field(default_factory=list)
+    trace: TraceInfo | None = None
+    waveform: bytes | None = None
+    job_id: str | None = None
 
     @classmethod
     def parse(cls, raw: object) -> RunResult:
@@ -444,7 +473,23 @@ class RunResult:
         for i, one in enumerate(results):
             r = _Body(f"result.results[{i}]", one)
             ops.append(OpResult(r.flag("ok"), r.words("data"), r.opt_string("error")))
-        return cls(b.flag("ok"), b.words("data"), b.opt_string("error"), ops)
+        trace = b.get("trace", True)
+        return cls(
+            b.flag("ok"), b.words("data"), b.opt_string("error"), ops,
+            TraceInfo.parse(trace) if trace is not None else None,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Traced:
+    """A traced read or write: ``data`` the words read, ``waveform`` the run's VCD (also
+    written to ``path`` when one was given), ``info`` what the analyzer captured."""
+
+    data: list[int]
+    waveform: bytes
+    info: TraceInfo
+    job_id: str
+    path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ so that retries, waiting, log following and session keeping are written once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from fpgalab.client._errors import (
     RouteNotFound,
     SessionMismatch,
     SessionRenewLimit,
+    TraceUnavailable,
     TransportError,
     UnexpectedResponse,
     ValidationError,
@@ -59,6 +61,7 @@ from fpgalab.client._models import (
     Read,
     RunResult,
     Session,
+    Traced,
     Write,
     op_body,
 )
@@ -558,14 +561,21 @@ class Protocol:
         session_id: str | None,
         key: str | None = None,
         wait: float | None = None,
+        trace: bool = False,
+        signals: Sequence[str] | None = None,
     ) -> Flow[JobAccepted]:
         """One op as the API's single-op body; a sequence as ``{"ops": [...]}``. With
         ``wait``, the lab answers once the run has finished (``.result``) or after ``wait``
-        seconds (``.result`` None): a read is then one request."""
+        seconds (``.result`` None): a read is then one request. ``trace``: the board's
+        logic analyzer captures the run (``signals``: which; default all)."""
         if isinstance(ops, Read | Write | Mapping):
             body = op_body(ops)
         else:
             body = {"ops": [op_body(op) for op in ops]}
+        if trace:
+            body["trace"] = True
+            if signals:
+                body["signals"] = list(signals)
         headers = {**_idempotent(key), **_session_headers(session_id)}
         call = Call(
             "POST",
@@ -585,6 +595,17 @@ class Protocol:
     def result(self, fpga_id: int, job_id: str, session_id: str | None) -> Flow[RunResult]:
         raw = yield from self.get(f"/fpga/{fpga_id}/jobs/{job_id}/result", session_id)
         return RunResult.parse(raw)
+
+    def waveform(self, fpga_id: int, job_id: str, session_id: str | None) -> Flow[bytes]:
+        """A traced run's waveform (VCD bytes)."""
+        call = Call(
+            "GET",
+            f"/fpga/{fpga_id}/jobs/{job_id}/waveform",
+            headers=_session_headers(session_id),
+            replayable=True,
+        )
+        response = yield from self.exchange(call)
+        return response.content
 
     def log_text(self, fpga_id: int, job_id: str, session_id: str | None) -> Flow[str]:
         call = Call(
@@ -939,8 +960,11 @@ class Protocol:
         state: SessionState,
         ops: Op | Sequence[Op],
         check: bool,
+        trace: bool = False,
+        signals: Sequence[str] | None = None,
     ) -> Flow[RunResult]:
-        """One run job on a session's board, waited for; its result."""
+        """One run job on a session's board, waited for; its result. ``trace``: with its
+        waveform (``.waveform``), or ``TraceUnavailable`` saying why there is none."""
         if state.released:
             raise RuntimeError(f"the session on FPGA {state.fpga_id} has been released")
         yield from self.keep(state)
@@ -948,19 +972,35 @@ class Protocol:
         timeout = state.op_timeout
         started = time.monotonic()
         hold = MAX_WAIT if timeout is None else max(MIN_WAIT, min(MAX_WAIT, timeout))
-        accepted = yield from self.run(state.fpga_id, ops, sid, wait=hold if self.waits else None)
+        wait = hold if self.waits else None
+        accepted = yield from self.run(state.fpga_id, ops, sid, wait=wait, trace=trace,
+                                       signals=signals)  # fmt: skip
         state.runs.append(accepted.job_id)
         fpga, job_id = state.fpga_id, accepted.job_id
         result = accepted.result  # answered with it: one request for the whole op
         if result is None and not accepted.status.finished:  # past the wait, or an older lab
             left = None if timeout is None else timeout - (time.monotonic() - started)
             result = yield from self.finished_result(fpga, job_id, left, sid)
+        if result is not None and result.ok and trace:
+            return (yield from self.traced_result(fpga, job_id, result, sid))
         if result is not None and result.ok:
             return result
         job = yield from self.job(fpga, job_id, sid)  # what ended it, for the error
         if check:
             raise JobFailed(job, [], result)
         return result or RunResult(ok=False, error=job.error)
+
+    def traced_result(
+        self, fpga_id: int, job_id: str, result: RunResult, session_id: str | None
+    ) -> Flow[RunResult]:
+        """A traced run's result with its waveform; ``TraceUnavailable`` if it made none."""
+        info = result.trace
+        if info is None:  # a lab that does not know traces ignored nothing: it refuses them
+            raise UnexpectedResponse("result.trace: missing from a traced run's result")
+        if not info.ok:
+            raise TraceUnavailable(info.error or "the lab made no waveform", result)
+        waveform = yield from self.waveform(fpga_id, job_id, session_id)
+        return dataclasses.replace(result, waveform=waveform, job_id=job_id)
 
     def board_memory_map(self, state: SessionState) -> Flow[MemoryMap]:
         if state.memory_map is None:
@@ -1035,3 +1075,19 @@ def _body(response: httpx.Response) -> Any:
 
 def _name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+#: What a session's ``read``/``write``/``transact`` take as ``trace``: False (none), True
+#: (the waveform in memory) or a path to write it to as well.
+TraceArg = bool | str | os.PathLike[str]
+
+
+def traced(result: RunResult, trace: TraceArg) -> Traced:
+    """A traced read's or write's answer; the waveform also written to ``trace`` when it
+    is a path (replacing a file there)."""
+    assert result.waveform is not None and result.trace is not None and result.job_id
+    path = None
+    if not isinstance(trace, bool):
+        path = Path(trace)
+        path.write_bytes(result.waveform)
+    return Traced(result.data, result.waveform, result.trace, result.job_id, path)

@@ -156,7 +156,8 @@ async def run(
     after ``wait`` seconds): ``status`` as it is then, and ``result`` once finished."""
     if problem := _over_limits(request, settings):
         raise ValidationFailed("validation_error", problem)
-    body = request.model_dump_json(exclude_none=True)
+    # an untraced run is stored as before traces existed: no "trace": false in it
+    body = request.model_dump_json(exclude_none=True, exclude_defaults=True)
     accepted = JobAccepted.model_validate(await store.run(fpga_id, actor, body, idempotency_key))
     answer = accepted.model_dump_json()
     if wait is not None:

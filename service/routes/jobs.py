@@ -3,8 +3,9 @@ they grow), result, cancel."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -205,6 +206,83 @@ async def get_result(
         )
     # stored as the JSON it is served as: no parse and re-encode of 65k words
     return Response(result, media_type="application/json")
+
+
+#: How a waveform is served: its format's name, in the headers as in the result.
+WAVEFORM_TYPES = {"vcd": "text/x-vcd"}
+
+
+@router.get(
+    "/{job_id}/waveform",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/x-vcd": {"schema": {"type": "string"}}},
+            "description": "The run's waveform (VCD); `X-Waveform-Format` names the format.",
+        },
+        **responses(
+            "job_not_found", "job_not_complete", "waveform_not_found", "not_session_owner",
+            "session_mismatch",
+        ),
+    },
+)  # fmt: skip
+async def get_waveform(
+    fpga_id: FpgaId,
+    job_id: JobId,
+    store: StoreDep,
+    actor: ActorDep,
+    waiters: WaitersDep,
+    wait: WaitSeconds = None,
+) -> Response:
+    """A traced run's waveform, once it has finished: a VCD of the run's window as the
+    board's logic analyzer captured it (GTKWave and Surfer open it). Its owner and admins
+    read it, as they read the result; with ``wait``, answered once the job has finished."""
+
+    async def read() -> _Stored:
+        fields = await _fields(
+            store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
+        )
+        _check_reader(actor, fields[0], fields[1], job_id)
+        return _Stored(*fields)
+
+    stored = await (read() if wait is None else waiters.until_finished(job_id, wait, read, _done))
+    if result_json(stored.status, stored.result, stored.error) is None:
+        raise Conflict(
+            "job_not_complete", f"Job {job_id} is {stored.status}; it has no waveform yet."
+        )
+    trace = _trace_of(stored.result)
+    if trace is None:
+        raise NotFound(
+            "waveform_not_found", f"Job {job_id} has no waveform: it did not ask for a trace."
+        )
+    if not trace.get("ok"):
+        raise NotFound(
+            "waveform_not_found",
+            f"Job {job_id} has no waveform: {trace.get('error') or 'its trace failed'}",
+        )
+    data = await store.waveform(job_id)
+    if data is None:
+        raise NotFound("waveform_not_found", f"Job {job_id}'s waveform has expired.")
+    kind = str(trace.get("format") or "vcd")
+    return Response(
+        data,
+        media_type=WAVEFORM_TYPES.get(kind, "application/octet-stream"),
+        headers={
+            "X-Waveform-Format": kind,
+            "Content-Disposition": f'attachment; filename="fpga{fpga_id}-{job_id}.{kind}"',
+        },
+    )
+
+
+def _trace_of(result: str | None) -> dict[str, Any] | None:
+    """The ``trace`` part of a stored run result (None: the run was not traced)."""
+    if not result:
+        return None
+    try:
+        trace = json.loads(result).get("trace")
+    except (ValueError, AttributeError):
+        return None
+    return trace if isinstance(trace, dict) else None
 
 
 @dataclass(frozen=True)

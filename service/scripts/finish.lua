@@ -2,6 +2,7 @@
 -- Returns {stale = true} if the job is no longer this worker's (declared lost).
 -- ARGV: job_id worker_id status event error result health health_reason retention
 --       storage_window measured (JSON of the worker's timings, for GET /metrics; '': none)
+--       waveform (a traced run's VCD; '': none), kept as long as the job
 local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local window = tonumber(ARGV[10])
@@ -16,7 +17,9 @@ job_ended(k, status)
 record_measures(ARGV[11])
 if err ~= '' then redis.call('HSET', k, 'error', err) end
 if result ~= '' then redis.call('HSET', k, 'result', result) end
-charge(hget(k, 'owner'), #err + #result, window, t)
+local waveform = ARGV[12] or ''
+if waveform ~= '' then redis.call('SET', waveform_key(job_id), waveform, 'EX', retention) end
+charge(hget(k, 'owner'), #err + #result + #waveform, window, t)
 redis.call('ZREM', RUNNING, job_id)
 drop_entry(id, hget(k, 'entry_id'))
 finish_keys(job_id, retention)

@@ -20,6 +20,7 @@ local function owner_key(id) return key('owner', id) end
 local function job_key(id) return key('job', id) end
 local function log_key(id) return key('log', id) end
 local function design_key(id) return key('design', id) end
+local function waveform_key(id) return key('waveform', id) end
 local function caller_queued_key(name) return key('caller_queued', name) end
 local RUNNING = LAYOUT.running
 local EXPIRY = LAYOUT.expiry

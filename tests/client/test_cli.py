@@ -44,14 +44,15 @@ def env_for(url: str, **extra: str) -> dict[str, str]:
 
 
 def fpgalab(
-    lab: LiveLab | str, *args: str, timeout: float = 30, **env: str
+    lab: LiveLab | str, *args: str, timeout: float = 30, cwd: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run the console script through pipes."""
+    """Run the console script through pipes (in ``cwd``, default the tests' own)."""
     assert FPGALAB, "the fpgalab console script is not installed in this environment"
     url = lab if isinstance(lab, str) else lab.url
     return subprocess.run(
         [FPGALAB, *args],
         env=env_for(url, **env),
+        cwd=cwd,
         capture_output=True,
         text=True,
         encoding="utf-8",

@@ -54,6 +54,55 @@ Timeout = Annotated[
 ]
 
 
+Trace = Annotated[
+    bool,
+    typer.Option(
+        "--trace",
+        help="Capture the run on the board's logic analyzer and save the waveform (VCD).",
+    ),
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Where --trace saves the waveform (default: fpga<N>-<job>.vcd here).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+Signals = Annotated[
+    str | None,
+    typer.Option(
+        "--signals",
+        metavar="NAMES",
+        help="With --trace: the signals to show, comma-separated (default: all the "
+        "analyzer captures: the bus and the design's probes).",
+        show_default=False,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """What --trace, --signals and -o asked for."""
+
+    output: Path | None
+    signals: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, trace: bool, output: Path | None, signals: str | None) -> Tracing | None:
+        if not trace:
+            if output is not None or signals is not None:
+                raise usage("-o/--output and --signals go with --trace")
+            return None
+        names = tuple(n.strip() for n in signals.split(",") if n.strip()) if signals else None
+        if signals is not None and not names:
+            raise usage("--signals: name at least one signal (e.g. wb_adr,wb_dat_r)")
+        return cls(output, names)
+
+
 @dataclass(frozen=True)
 class Spec:
     """An op as typed: its address not yet looked up in the memory map."""
@@ -164,19 +213,58 @@ def dump(address: int, words: Sequence[int]) -> list[str]:
 
 
 def execute(
-    here: Lab, board: int, specs: list[Spec], session_id: str | None, timeout: float | None
+    here: Lab,
+    board: int,
+    specs: list[Spec],
+    session_id: str | None,
+    timeout: float | None,
+    tracing: Tracing | None = None,
 ) -> tuple[str, list[Read | Write], RunResult]:
     """Run ``specs`` in one job in the board's session; the job id, the ops, the result."""
     client = here.client
     held = client.attach(board, session_id)
     ops = [spec.op(held) for spec in specs]
-    accepted = client.run(board, ops[0] if len(ops) == 1 else ops, session_id=held.session_id)
+    accepted = client.run(
+        board, ops[0] if len(ops) == 1 else ops, session_id=held.session_id,
+        trace=tracing is not None, signals=tracing.signals if tracing else None,
+    )  # fmt: skip
     sid = held.session_id
     try:
         watch(here, board, accepted.job_id, sid, logs=False, timeout=timeout)
     except KeyboardInterrupt:
         raise typer.Exit(interrupted(here, board, accepted.job_id, sid, "run")) from None
     return accepted.job_id, ops, client.result(board, accepted.job_id, session_id=sid)
+
+
+def save_trace(
+    here: Lab, board: int, job_id: str, result: RunResult, tracing: Tracing | None
+) -> dict[str, object] | None:
+    """A traced run's waveform, saved where -o says; what to report of it (None: not
+    traced). A run that made none exits 1 once its data is out, saying why."""
+    if tracing is None:
+        return None
+    info = result.trace
+    if info is None or not info.ok:
+        why = info.error if info is not None and info.error else "the lab made no waveform"
+        here.out.error(f"no waveform: {why}")
+        return {"ok": False, "error": why}
+    path = tracing.output or Path(f"fpga{board}-{job_id}.vcd")
+    data = here.client.waveform(board, job_id)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise usage(f"-o {path}: {exc.strerror or exc}") from None
+    if not here.out.json:
+        full = "; the analyzer filled up: it shows the run's start" if info.full else ""
+        here.out.note(f"waveform: {info.samples} samples, {len(data):,} bytes → {path}{full}")
+    return {"ok": True, "path": str(path), "samples": info.samples, "bytes": len(data),
+            "full": info.full, "signals": list(info.signals)}  # fmt: skip
+
+
+def failed(saved: dict[str, object] | None) -> None:
+    """Exit 1 if a trace was asked for and none was made (the data is out by now)."""
+    if saved is not None and not saved["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -187,21 +275,27 @@ def read(
     length: Annotated[int, typer.Argument(help="Words to read.", min=1)] = 1,
     session_id: SessionId = None,
     timeout: Timeout = None,
+    trace: Trace = False,
+    output: Output = None,
+    signals: Signals = None,
     url: Url = None,
     key: Key = None,
     as_json: Json = False,
 ) -> None:
     """Read LENGTH 32-bit words from ADDRESS on the board you hold."""
     here = lab(ctx, url, key, as_json)
+    tracing = Tracing.of(trace, output, signals)
     job_id, ops, result = execute(
-        here, board, [Spec(False, address_of(address), length)], session_id, timeout
+        here, board, [Spec(False, address_of(address), length)], session_id, timeout, tracing
     )
-    if here.out.json:
-        here.out.document({"fpga_id": board, "job_id": job_id, "address": ops[0].address,
-                           "data": result.data})  # fmt: skip
-        return
     for line in dump(ops[0].address, result.data):
         here.out.line(line)
+    saved = save_trace(here, board, job_id, result, tracing)
+    if here.out.json:
+        doc = {"fpga_id": board, "job_id": job_id, "address": ops[0].address,
+               "data": result.data}  # fmt: skip
+        here.out.document(doc if saved is None else {**doc, "trace": saved})
+    failed(saved)
 
 
 @app.command()
@@ -214,22 +308,28 @@ def write(
     board: Board,
     session_id: SessionId = None,
     timeout: Timeout = None,
+    trace: Trace = False,
+    output: Output = None,
+    signals: Signals = None,
     url: Url = None,
     key: Key = None,
     as_json: Json = False,
 ) -> None:
     """Write WORDS from ADDRESS on the board you hold."""
     here = lab(ctx, url, key, as_json)
+    tracing = Tracing.of(trace, output, signals)
     data = tuple(number(w, "word") for w in words)
-    job_id, ops, _ = execute(
-        here, board, [Spec(True, address_of(address), data=data)], session_id, timeout
+    job_id, ops, result = execute(
+        here, board, [Spec(True, address_of(address), data=data)], session_id, timeout, tracing
     )
     n = len(data)
-    if here.out.json:
-        here.out.document({"fpga_id": board, "job_id": job_id, "address": ops[0].address,
-                           "data": list(data)})  # fmt: skip
-        return
     here.out.line(f"wrote {n} word{'s' * (n != 1)} at 0x{ops[0].address:08x}")
+    saved = save_trace(here, board, job_id, result, tracing)
+    if here.out.json:
+        doc = {"fpga_id": board, "job_id": job_id, "address": ops[0].address,
+               "data": list(data)}  # fmt: skip
+        here.out.document(doc if saved is None else {**doc, "trace": saved})
+    failed(saved)
 
 
 @app.command()
@@ -256,23 +356,31 @@ def run(
     ] = None,
     session_id: SessionId = None,
     timeout: Timeout = None,
+    trace: Trace = False,
+    output: Output = None,
+    signals: Signals = None,
     url: Url = None,
     key: Key = None,
     as_json: Json = False,
 ) -> None:
     """Run several reads and writes in order, in one job, on the board you hold. The
-    first bus error stops them (exit code 1, naming the op).
+    first bus error stops them (exit code 1, naming the op). --trace saves the run's
+    waveform as the board's logic analyzer captured it (-o FILE).
 
-    Example: fpgalab run --board 3 write user 5 7, read user 2"""
+    Example: fpgalab run --board 3 write user 5 7, read user 2 --trace -o run.vcd"""
     here = lab(ctx, url, key, as_json)
+    tracing = Tracing.of(trace, output, signals)
     specs = (load_ops(ops_file) if ops_file else []) + parse_ops(ops or [])
     if not specs:
         raise usage("no ops: give them as arguments (read ADDR [LENGTH], write ADDR WORD...) "
                     "or with --ops FILE")  # fmt: skip
-    job_id, done, result = execute(here, board, specs, session_id, timeout)
+    job_id, done, result = execute(here, board, specs, session_id, timeout, tracing)
     if here.out.json:
-        here.out.document({"fpga_id": board, "job_id": job_id,
-                           "ops": [op.body() for op in done], "result": result})  # fmt: skip
+        saved = save_trace(here, board, job_id, result, tracing)
+        doc = {"fpga_id": board, "job_id": job_id, "ops": [op.body() for op in done],
+               "result": result}  # fmt: skip
+        here.out.document(doc if saved is None else {**doc, "trace": saved})
+        failed(saved)
         return
     per_op = [r.data for r in result.results] if result.results else [result.data]
     for op, data in zip(done, per_op, strict=False):
@@ -283,3 +391,4 @@ def run(
             here.out.line(("read", "bold"), f" {op.length} at 0x{op.address:08x}")
             for line in dump(op.address, data):
                 here.out.line("  " + line)
+    failed(save_trace(here, board, job_id, result, tracing))
