@@ -449,3 +449,53 @@ class Sentinels:
                 proc.terminate()
         for proc in self.procs:
             proc.wait(10)
+
+
+def vcd_samples(vcd: bytes) -> tuple[list[str], list[tuple[int, dict[str, int | None]]]]:
+    """A VCD read with a real parser (pyvcd's tokenizer): its signals' names (``scope.name``)
+    and, at each time something changed, every signal's value then (None: x or z)."""
+    import io
+
+    from vcd.reader import TokenKind, tokenize
+
+    names: dict[str, str] = {}
+    scope: list[str] = []
+    now: dict[str, int | None] = {}
+    samples: list[tuple[int, dict[str, int | None]]] = []
+    for token in tokenize(io.BytesIO(vcd)):
+        if token.kind is TokenKind.SCOPE:
+            scope.append(token.scope.ident)
+        elif token.kind is TokenKind.UPSCOPE:
+            scope.pop()
+        elif token.kind is TokenKind.VAR:
+            names[token.var.id_code] = ".".join([*scope, token.var.reference])
+            now[names[token.var.id_code]] = None
+        elif token.kind is TokenKind.CHANGE_TIME:
+            samples.append((token.time_change, dict(now)))
+        elif token.kind in (TokenKind.CHANGE_SCALAR, TokenKind.CHANGE_VECTOR):
+            change = (
+                token.scalar_change
+                if token.kind is TokenKind.CHANGE_SCALAR
+                else token.vector_change
+            )
+            value = change.value
+            if isinstance(value, str):
+                value = int(value) if value in ("0", "1") else None
+            now[names[change.id_code]] = value
+            samples[-1][1][names[change.id_code]] = value
+    return list(names.values()), samples
+
+
+def bus_transactions(
+    samples: list[tuple[int, dict[str, int | None]]],
+) -> list[tuple[int, str, int | None, int | None, str]]:
+    """The accesses a trace shows: (time, "read"/"write", word, data, "ack"/"err"), one per
+    sample where ``cyc``, ``stb`` and ``ack`` or ``err`` are high."""
+    found = []
+    for time, v in samples:
+        if v.get("bus.cyc") and v.get("bus.stb") and (v.get("bus.ack") or v.get("bus.err")):
+            write = bool(v.get("bus.we"))
+            data = v.get("bus.dat_w" if write else "bus.dat_r")
+            end = "ack" if v.get("bus.ack") else "err"
+            found.append((time, "write" if write else "read", v.get("bus.adr"), data, end))
+    return found

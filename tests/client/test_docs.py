@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import shutil
 import sys
+from pathlib import Path
 
 from tests.client.conftest import LiveLab
 from tests.helpers import REPO
@@ -18,12 +20,12 @@ def blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 
 
-def run(code: str, lab: LiveLab) -> subprocess.CompletedProcess[str]:
+def run(code: str, lab: LiveLab, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FPGALAB_URL": lab.url}
     env.pop("FPGALAB_API_KEY", None)
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=120, check=False,
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=180, check=False,
     )  # fmt: skip
 
 
@@ -40,3 +42,15 @@ def test_the_asyncio_example_runs(fake_lab: LiveLab) -> None:
     done = run(example, fake_lab)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"
+
+
+def test_the_trace_example_finds_the_bug(sim_lab: LiveLab, tmp_path: Path) -> None:
+    """The traces example, in a folder holding counter.py as a user's would, on the
+    simulated lab: it prints what its comments say and leaves run.vcd there."""
+    [traced] = [b for b in blocks() if 'trace="run.vcd"' in b]
+    shutil.copy(REPO / "docs" / "examples" / "counter.py", tmp_path / "counter.py")
+    done = run(traced, sim_lab, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = re.findall(r"print\(.*?#\s*(.+)$", traced, re.M)
+    assert done.stdout.splitlines() == said
+    assert (tmp_path / "run.vcd").read_bytes().startswith(b"$timescale")
