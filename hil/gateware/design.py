@@ -9,17 +9,22 @@ import traceback
 import types
 
 from litex.soc.interconnect import wishbone
-from migen import ClockSignal, Instance, Module, ResetSignal
+from migen import ClockSignal, Instance, Module, ResetSignal, Signal
+from migen.fhdl.structure import _Value
 
 from fpgalab.hil.gateware.designfile import (
+    PROBE_PREFIX,
     VERILOG_TOP,
     DesignLoadError,
     check_verilog,
     decode_source,
     language_of,
+    probes_problem,
+    verilog_probes,
 )
 
-__all__ = ["DesignLoadError", "VerilogDesign", "check_bus", "load", "load_python"]
+__all__ = ["DesignLoadError", "VerilogDesign", "check_bus", "check_probes", "load",
+           "load_python"]  # fmt: skip
 
 
 def _user_traceback(exc: BaseException, filename: str) -> tuple[str, str]:
@@ -65,6 +70,7 @@ def load_python(filename: str, text: str) -> Module:
             f"{filename}: `Design` must be a migen.Module class, not a {type(cls).__name__}"
         )
     check_bus(filename, design)
+    check_probes(filename, design)
     return design
 
 
@@ -83,10 +89,32 @@ def check_bus(filename: str, design: Module) -> None:
         raise DesignLoadError(f"{filename}: Design.bus must use word addressing (the default)")
 
 
-class VerilogDesign(Module):
-    """The slot's side of a Verilog ``user_design``: an instance wired to ``bus``."""
+def check_probes(filename: str, design: Module) -> None:
+    """A design's ``probes``, if it has any: a dict of name → Migen signal (or any value:
+    ``Cat``, a slice) under ``designfile.PROBE_RULE``."""
+    probes = getattr(design, "probes", None)
+    if probes is None:
+        return
+    if not isinstance(probes, dict):
+        raise DesignLoadError(
+            f"{filename}: Design.probes must be a dict of name -> signal, "
+            f"not a {type(probes).__name__}"
+        )
+    for name, value in probes.items():
+        if not isinstance(value, _Value):
+            raise DesignLoadError(
+                f"{filename}: Design.probes[{name!a}] must be a Migen signal, "
+                f"not a {type(value).__name__}"
+            )
+    if problem := probes_problem([(name, len(value)) for name, value in probes.items()]):
+        raise DesignLoadError(f"{filename}: Design.probes: {problem}")
 
-    def __init__(self, has_err: bool) -> None:
+
+class VerilogDesign(Module):
+    """The slot's side of a Verilog ``user_design``: an instance wired to ``bus``, and
+    its ``probe_<name>`` outputs to ``probes``."""
+
+    def __init__(self, has_err: bool, probes: dict[str, int] | None = None) -> None:
         self.bus = bus = wishbone.Interface(data_width=32, address_width=32, addressing="word")
         ports: dict[str, object] = dict(
             i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"),
@@ -97,6 +125,10 @@ class VerilogDesign(Module):
             ports["o_wb_err"] = bus.err
         else:
             self.comb += bus.err.eq(0)
+        self.probes = {name: Signal(width, name=f"probe_{name}")
+                       for name, width in (probes or {}).items()}  # fmt: skip
+        for name, signal in self.probes.items():
+            ports[f"o_{PROBE_PREFIX}{name}"] = signal
         self.specials += Instance(VERILOG_TOP, name="user_design_i", **ports)
 
 
@@ -106,4 +138,4 @@ def load(filename: str, source: bytes) -> tuple[Module, str]:
     text = decode_source(filename, source)
     if language == "python":
         return load_python(filename, text), language
-    return VerilogDesign(check_verilog(filename, text)), language
+    return VerilogDesign(check_verilog(filename, text), verilog_probes(filename, text)), language

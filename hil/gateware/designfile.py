@@ -6,12 +6,18 @@ which languages, which names, which ports. ``hil.gateware.design`` turns a file 
 - Verilog (``.v``, ``.sv``): module ``user_design`` with ports ``clk rst
   wb_adr[29:0] wb_dat_w[31:0] wb_dat_r[31:0] wb_sel[3:0] wb_cyc wb_stb wb_we
   wb_ack`` and, optionally, ``wb_err``.
+- Probes, the signals a design shows the scope besides its bus: a Python ``Design``'s
+  ``probes`` (a dict, name → signal), a Verilog ``user_design``'s output ports
+  ``probe_<name>``; ``probes_problem`` holds the rules for both.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+
+from fpgalab.hil.gateware.config import MAX_PROBE_BITS, MAX_PROBES, PROBE_NAME, SCOPE_BUS
 
 PYTHON_SUFFIXES = (".py",)
 VERILOG_SUFFIXES = (".v", ".sv")
@@ -36,6 +42,35 @@ class DesignLoadError(Exception):
         super().__init__(message)
         #: Longer output for the build log (a traceback), if any.
         self.details = details
+
+
+#: A Verilog output port with this prefix is a probe (the rest of its name is the probe's).
+PROBE_PREFIX = "probe_"
+PROBE_RULE = (
+    f"at most {MAX_PROBES} probes of at most {MAX_PROBE_BITS} bits in all, each named "
+    f"{PROBE_NAME} and none named {', '.join(SCOPE_BUS)} (the bus's own signals)"
+)
+
+
+def probes_problem(probes: Sequence[tuple[str, int]]) -> str | None:
+    """Why ``probes`` (name, width) are not a design's probes (``PROBE_RULE``), or None."""
+    if len(probes) > MAX_PROBES:
+        return f"{len(probes)} probes: a design may have at most {MAX_PROBES}"
+    seen: set[str] = set()
+    for name, width in probes:
+        if not isinstance(name, str) or not re.fullmatch(PROBE_NAME, name):
+            return f"probe name {name!a} is not {PROBE_NAME} (a-z, 0-9, _, up to 32)"
+        if name in SCOPE_BUS:
+            return f"probe name {name!r} is taken by the bus signal of that name"
+        if name in seen:
+            return f"probe {name!r} is named twice"
+        seen.add(name)
+        if width < 1:
+            return f"probe {name!r} has no bits"
+    total = sum(width for _, width in probes)
+    if total > MAX_PROBE_BITS:
+        return f"the probes have {total} bits in all: at most {MAX_PROBE_BITS}"
+    return None
 
 
 def filename_problem(filename: str) -> str | None:
@@ -103,10 +138,48 @@ def check_verilog(filename: str, text: str) -> bool:
     return re.search(r"\bwb_err\b", body) is not None
 
 
+_DECLARATION = re.compile(
+    r"\b(input|output|inout)\b((?:\s*\b(?:wire|reg|logic|signed|unsigned|var)\b)*)\s*"
+    r"(\[[^\]]*\])?([^;()]*?)(?=\b(?:input|output|inout)\b|[;)]|$)",
+    re.S,
+)
+_RANGE = re.compile(r"\[\s*(\d+)\s*:\s*(\d+)\s*\]")
+
+
+def verilog_probes(filename: str, text: str) -> dict[str, int]:
+    """``user_design``'s probes: its ports ``probe_<name>``, name → width (in the order
+    declared). A probe must be an output whose width is plain numbers (``[7:0]``), so
+    that it is known before Verilator runs."""
+    body = verilog_module_body(text, VERILOG_TOP) or ""
+    probes: dict[str, int] = {}
+    for match in _DECLARATION.finditer(body):
+        direction, _, bounds, names = match.groups()
+        for raw in names.split(","):
+            port = raw.strip().split("=")[0].strip()
+            if not port.startswith(PROBE_PREFIX):
+                continue
+            if direction != "output":
+                raise DesignLoadError(f"{filename}: probe port {port} must be an output")
+            if bounds is None:
+                width = 1
+            elif fixed := _RANGE.fullmatch(bounds.strip()):
+                width = abs(int(fixed[1]) - int(fixed[2])) + 1
+            else:
+                raise DesignLoadError(
+                    f"{filename}: probe port {port} has the width {bounds.strip()}: "
+                    "give a probe's width in numbers, as in [7:0]"
+                )
+            probes[port[len(PROBE_PREFIX) :]] = width
+    if problem := probes_problem(list(probes.items())):
+        raise DesignLoadError(f"{filename}: {problem}")
+    return probes
+
+
 def check(filename: str, source: bytes) -> str:
     """What can be known about a design file without running it; returns its language."""
     language = language_of(filename)
     text = decode_source(filename, source)
     if language == "verilog":
         check_verilog(filename, text)
+        verilog_probes(filename, text)
     return language

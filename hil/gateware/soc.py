@@ -9,6 +9,7 @@ Memory map (byte addresses; ``docs/memory-map.md`` has the detail)::
 
     0x0000_0000  csr    64 KiB   ctrl, identifier (LiteX CSR bus, 32-bit CSRs)
     0x0100_0000  sram   256 KiB  (SoCConfig.sram_size)
+    0x0200_0000  scope  ≤ 128 KiB the scope's samples, read-only (hil.gateware.scope)
     0x2000_0000  user   16 MiB   the user's design; word k at user_base + 4*k
 """
 
@@ -28,7 +29,8 @@ from migen import ClockDomain, ClockDomainsRenamer, Module, Signal
 
 from fpgalab.hil.gateware.burst import INPUTS as BURST_INPUTS
 from fpgalab.hil.gateware.burst import BurstMaster
-from fpgalab.hil.gateware.config import MEM_MAP, SIM_CONFIG, SoCConfig
+from fpgalab.hil.gateware.config import MEM_MAP, SCOPE_TIME_BITS, SIM_CONFIG, SoCConfig
+from fpgalab.hil.gateware.scope import Scope, region_size
 
 __all__ = ["MEM_MAP", "SIM_CONFIG", "LabSoC", "SoCConfig", "VerilogPlatform", "csr_json"]
 
@@ -158,6 +160,10 @@ class LabSoC(SoCMini):
         region = SoCRegion(origin=self.mem_map["user"], size=config.user_size, cached=False)
         self.bus.add_slave("user", self.user.bus, region)
 
+        # Scope ------------------------------------------------------------------------------------
+        if config.scope_depth:
+            self._add_scope(config, getattr(design, "probes", None) or {})
+
         # Host bridge ------------------------------------------------------------------------------
         self.burst: BurstMaster | None = None
         if config.bridge == "sim":
@@ -175,6 +181,18 @@ class LabSoC(SoCMini):
             self.comb += pads.rx_idle.eq(~self.uartbone_fifo.source.valid & bone.sink.ready)
         else:
             raise ValueError(f"unknown bridge {config.bridge!r}: choose sim, uartbone or stream")
+
+    def _add_scope(self, config: SoCConfig, probes: dict[str, Any]) -> None:
+        """The scope on the user slot's bus and the design's probes (checked at load:
+        ``hil.gateware.design.check_probes``); its layout goes into the memory map as
+        constants, which is all a host learns of it (``hil.trace.scope_layout``)."""
+        self.scope = Scope(self.user.bus, config.user_size, probes, config.scope_depth)
+        size = region_size(self.scope.width, config.scope_depth)
+        region = SoCRegion(origin=self.mem_map["scope"], size=size, cached=False)
+        self.bus.add_slave("scope", self.scope.bus, region)
+        self.add_constant("SCOPE_DEPTH", config.scope_depth)
+        self.add_constant("SCOPE_TIME_BITS", SCOPE_TIME_BITS)
+        self.add_constant("SCOPE_SIGNALS", ",".join(f"{n}:{w}" for n, w in self.scope.layout))
 
     def _add_uartbone(self, phy: Module, config: SoCConfig) -> uart.Stream2Wishbone:
         """LiteX's UARTBone, with a receive FIFO between the PHY and the bridge: the PHY

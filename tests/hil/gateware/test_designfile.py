@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fpgalab.hil.gateware.designfile import DesignLoadError, check, verilog_module_body
+from fpgalab.hil.gateware.designfile import (
+    DesignLoadError,
+    check,
+    verilog_module_body,
+    verilog_probes,
+)
 
 PORTS = (
     "input clk, input rst, input [29:0] wb_adr, input [31:0] wb_dat_w, output [31:0] wb_dat_r,"
@@ -42,3 +47,36 @@ def test_module_body_ignores_comments() -> None:
     body = verilog_module_body(text, "user_design")
     assert body is not None
     assert "wb_err" not in body
+
+
+def test_verilog_probes_are_output_ports_named_probe() -> None:
+    """``probe_<name>`` outputs are the probes, with the widths declared, in order; other
+    ports and internal wires are not."""
+    text = (
+        f"module user_design({PORTS}, output reg [7:0] probe_count, output probe_hit,\n"
+        "    output wire [0:3] probe_a, probe_b);\n  wire probe_inner;\nendmodule"
+    )
+    assert verilog_probes("d.v", text) == {"count": 8, "hit": 1, "a": 4, "b": 4}
+    non_ansi = (
+        "module user_design(clk, probe_x);\n input clk;\n output reg [2:0] probe_x;\nendmodule"
+    )
+    assert verilog_probes("d.v", non_ansi) == {"x": 3}
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ("input [3:0] probe_in", "probe port probe_in must be an output"),
+        ("output [W-1:0] probe_w", r"probe port probe_w has the width \[W-1:0\]: give a probe's"),
+        ("output probe_Bad", "probe name 'Bad' is not"),
+        ("output probe_ack", "probe name 'ack' is taken by the bus signal"),
+        ("output [40:0] probe_a, output [23:0] probe_b", "65 bits in all: at most 64"),
+        (", ".join(f"output probe_p{i}" for i in range(17)), "17 probes: a design may"),
+        ("output probe_" + "x" * 33, "is not"),
+    ],
+)
+def test_verilog_probes_break_the_rules(ports: str, message: str) -> None:
+    """Each broken probe rule fails the design's check with a message saying which."""
+    source = f"module user_design({PORTS}, {ports}); endmodule".encode()
+    with pytest.raises(DesignLoadError, match=message):
+        check("d.v", source)

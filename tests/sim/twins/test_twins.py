@@ -366,3 +366,25 @@ def test_a_twin_refuses_a_bitstream_that_reaches_outside_its_slot(
         assert "top-level ports the lab's SoC does not have: `user_led0`" in caplog.text
     finally:
         twins.close()
+
+
+def test_a_trace_through_uartbone(hw: HardwareBackend) -> None:
+    """The scope of a board's SoC, armed, stopped and read back over UARTBone: the VCD has
+    each access of the run, in order, and the counter probe's wrong value."""
+    from fpgalab.hil.trace import scope_layout, to_vcd
+    from tests.backends import test_trace_sim as trace
+
+    hw.program(0, hw.build(Design("counter.py", trace.COUNTER), quiet), quiet)
+    layout = scope_layout(hw.memory_map(0))
+    assert layout is not None and (layout.depth, layout.clock_hz) == (512, 25_000_000)
+    run = [Transaction(Op.WRITE, USER, (0,)) for _ in range(11)]
+    run += [Transaction(Op.READ, USER), Transaction(Op.READ, USER + 20, length=2)]
+    signals = ["we", "adr", "dat_w", "dat_r", "ack", "count"]
+    results, capture = trace.traced(hw, layout, run, signals)
+    assert [r.data for r in results if r.data] == [[0], [5, 6]]
+    assert not capture.full
+    changes = trace.parse_vcd(to_vcd(layout, capture, signals))
+    acks = [t for t, v in changes["ack"] if v == 1]
+    assert [trace.value_at(changes["adr"], t) for t in acks] == [0] * 12 + [5, 6]
+    assert [trace.value_at(changes["we"], t) for t in acks] == [1] * 11 + [0] * 3
+    assert [trace.value_at(changes["count"], t) for t in acks] == [*range(1, 11), 0, 0, 0, 0]
