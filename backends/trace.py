@@ -75,7 +75,8 @@ def run_traced(
             f"{request.max_bytes:,} (FPGALAB_MAX_WAVEFORM_BYTES): name fewer signals or "
             f"trace a shorter run",
         )
-    shown = tuple(signals) if signals else tuple(p.name for p in layout.signals)
+    wanted = set(signals or layout.names)
+    shown = tuple(name for name in layout.names if name in wanted)  # as the VCD has them
     return TracedRun(
         results,
         Waveform("vcd", data, samples=len(capture.samples), full=capture.full, signals=shown),

@@ -192,12 +192,17 @@ async function showJobFields(fpgaId, jobId) {
     ["finished", job.finished_at], ["error", job.error],
   ];
   $("job-fields").replaceChildren(...fields.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { id: `job-${k}` }, v)]));
+  if (job.finished_at && shownJob?.jobId === jobId && !shownJob.waveShown) {
+    shownJob.waveShown = true;
+    showWaveform(fpgaId, jobId, job).catch((error) => $("waveform").append(el("p", { class: "error" }, error.message)));
+  }
 }
 
 function showJob(fpgaId, jobId) {
   if (shownJob?.source) shownJob.source.close();
   $("job-title").textContent = `Job ${jobId}`;
   $("log").replaceChildren();
+  $("waveform").replaceChildren();
   $("log-state").textContent = "(following)";
   showJobFields(fpgaId, jobId).catch((error) => { $("log-state").textContent = `(${error.message})`; });
   const source = new EventSource(`/fpga/${fpgaId}/jobs/${jobId}/logs?follow=true`);
@@ -218,6 +223,174 @@ function showJob(fpgaId, jobId) {
     showJobFields(fpgaId, jobId).catch(() => {});
   });
   source.onerror = () => { if (source.readyState !== EventSource.CLOSED) $("log-state").textContent = "(reconnecting…)"; };
+}
+
+// A traced run's waveform -----------------------------------------------------------------
+// The run's VCD is read from the lab (same origin), parsed here, its bus transactions
+// listed and its signals drawn as SVG: no viewer, no other origin. Names and values come
+// from the file and are put on the page as text.
+
+const MAX_STEPS = 240; // value-change times drawn; the table lists every transaction
+const MAX_ROWS = 2000;
+
+function parseVcd(text) {
+  const vars = []; // {id, name, width}
+  const byId = new Map();
+  const times = []; // distinct times, in order
+  const changes = []; // per time: [[var index, value (BigInt | null)], ...]
+  let timescale = "";
+  let scope = [];
+  const tokens = text.split(/\s+/);
+  let i = 0;
+  // the words after the keyword at i, up to its $end (left at i)
+  const until = (word) => { const start = ++i; while (i < tokens.length && tokens[i] !== word) i++; return tokens.slice(start, i); };
+  for (; i < tokens.length; i++) {
+    const t = tokens[i];
+    if (!t) continue;
+    if (t === "$timescale") timescale = until("$end").join(" ");
+    else if (t === "$scope") scope.push(until("$end")[1]);
+    else if (t === "$upscope") { until("$end"); scope.pop(); }
+    else if (t === "$var") {
+      const [, width, id, name] = until("$end");
+      const v = { id, name: [...scope, name].join("."), width: Number(width) };
+      if (!byId.has(id)) { byId.set(id, vars.length); vars.push(v); }
+    } else if (t[0] === "$") {
+      if (!["$dumpvars", "$dumpall", "$dumpon", "$dumpoff", "$end"].includes(t)) until("$end");
+    } else if (t[0] === "#") {
+      times.push(BigInt(t.slice(1)));
+      changes.push([]);
+    } else if (changes.length) {
+      let value, id;
+      if (t[0] === "b" || t[0] === "B") { value = t.slice(1); id = tokens[++i]; }
+      else if (t[0] === "r" || t[0] === "R") { i++; continue; }
+      else { value = t[0]; id = t.slice(1); }
+      const index = byId.get(id);
+      if (index === undefined) continue;
+      changes[changes.length - 1].push([index, /^[01]+$/.test(value) ? BigInt("0b" + value) : null]);
+    }
+  }
+  return { timescale, vars, times, changes };
+}
+
+// The bus's signals by their names in the analyzer's layout (docs/designs.md, Traces).
+const BUS = ["cyc", "stb", "we", "adr", "sel", "dat_w", "dat_r", "ack", "err"];
+
+function busIndex(vars) {
+  const found = {};
+  vars.forEach((v, index) => {
+    const leaf = v.name.split(".").pop().replace(/^wb_/, "");
+    if (BUS.includes(leaf) && !(leaf in found)) found[leaf] = index;
+  });
+  return found;
+}
+
+function transactions(wave) {
+  const bus = busIndex(wave.vars);
+  if (!["cyc", "stb", "we", "adr", "ack"].every((name) => name in bus)) return null;
+  const now = new Array(wave.vars.length).fill(null);
+  const rows = [];
+  wave.times.forEach((time, step) => {
+    for (const [index, value] of wave.changes[step]) now[index] = value;
+    const on = (name) => name in bus && now[bus[name]] === 1n;
+    const ended = on("ack") ? "ack" : on("err") ? "err" : null;
+    if (on("cyc") && on("stb") && ended && rows.length < MAX_ROWS) {
+      const write = on("we");
+      const data = now[bus[write ? "dat_w" : "dat_r"]];
+      rows.push({ time, write, word: now[bus.adr], data, ended });
+    }
+  });
+  return rows;
+}
+
+// A VCD time in nanoseconds, from its timescale ("1 ps", "10 ns"...).
+const UNITS = { s: 1e9, ms: 1e6, us: 1e3, ns: 1, ps: 1e-3, fs: 1e-6 };
+function nanoseconds(timescale) {
+  const m = timescale.match(/^(1|10|100)\s*(s|ms|us|ns|ps|fs)$/);
+  return m ? Number(m[1]) * UNITS[m[2]] : null;
+}
+const at = (time, ns) => (ns === null ? `${time}` : `${Number((Number(time) * ns).toFixed(3))} ns`);
+
+const hex = (value, width = 8) => (value === null || value === undefined ? "x" : "0x" + value.toString(16).padStart(width, "0"));
+
+function transactionTable(rows, ns) {
+  const head = el("tr", {}, ...["time", "op", "word", "data", "end"].map((h) => el("th", {}, h)));
+  const body = rows.map((r) => el("tr", { class: r.ended === "err" ? "bus-error" : "" },
+    el("td", {}, at(r.time, ns)), el("td", {}, r.write ? "write" : "read"),
+    el("td", {}, hex(r.word, 0)), el("td", {}, hex(r.data)), el("td", {}, r.ended)));
+  return el("table", { class: "transactions", id: "transactions" }, el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+// Each signal a row; each value-change time a column (the analyzer stores only the cycles
+// the bus is busy, so time runs in steps, labelled with the time they stand for).
+function drawWave(wave, ns) {
+  const steps = Math.min(wave.times.length, MAX_STEPS);
+  const label = 120, col = 44, row = 22, top = 18;
+  const width = label + col * steps + 4, height = top + row * wave.vars.length + 4;
+  const root = svg("svg", { class: "wave", id: "wave", width, height, viewBox: `0 0 ${width} ${height}` });
+  for (let s = 0; s < steps; s += 4) {
+    root.append(svg("text", { x: label + col * s + 2, y: 12, class: "tick" }, at(wave.times[s], ns)));
+  }
+  const now = new Array(wave.vars.length).fill(undefined);
+  const shown = wave.vars.map(() => []); // per signal: [step, value] where it changes
+  for (let s = 0; s < steps; s++) {
+    for (const [index, value] of wave.changes[s]) {
+      if (now[index] !== value) { now[index] = value; shown[index].push([s, value]); }
+    }
+  }
+  wave.vars.forEach((v, index) => {
+    const y = top + row * index;
+    root.append(svg("text", { x: 2, y: y + 15, class: "name" }, v.name));
+    const runs = shown[index];
+    runs.forEach(([s, value], k) => {
+      const end = k + 1 < runs.length ? runs[k + 1][0] : steps;
+      const x0 = label + col * s, x1 = label + col * end;
+      if (v.width === 1) {
+        const level = value === 1n ? y + 4 : y + 18;
+        root.append(svg("line", { x1: x0, y1: level, x2: x1, y2: level, class: value === null ? "x" : "bit" }));
+        if (k > 0) root.append(svg("line", { x1: x0, y1: y + 4, x2: x0, y2: y + 18, class: "bit" }));
+      } else {
+        root.append(svg("rect", { x: x0 + 1, y: y + 4, width: Math.max(1, x1 - x0 - 2), height: 14, rx: 3, class: value === null ? "x" : "bus" }));
+        if (x1 - x0 > 30) root.append(svg("text", { x: x0 + 4, y: y + 15, class: "value" }, hex(value, 0)));
+      }
+    });
+  });
+  return el("div", { class: "wave-box" }, root,
+    el("p", { class: "dim" }, "one column per time a value changed (the analyzer keeps the cycles the bus is busy)",
+      wave.times.length > steps ? `; the first ${steps} of ${wave.times.length} drawn, the file has them all` : ""));
+}
+
+async function showWaveform(fpgaId, jobId, job) {
+  const box = $("waveform");
+  box.replaceChildren();
+  if (job.type !== "run" || (job.status !== "complete" && job.status !== "failed")) return;
+  let result;
+  try { result = await api(`/fpga/${fpgaId}/jobs/${jobId}/result`); } catch { return; }
+  if (!result.trace) return;
+  box.append(el("h3", {}, "Waveform"));
+  if (!result.trace.ok) {
+    box.append(el("p", { class: "error", id: "wave-error" }, `no waveform: ${result.trace.error}`));
+    return;
+  }
+  const path = `/fpga/${fpgaId}/jobs/${jobId}/waveform`;
+  box.append(el("p", { class: "dim" },
+    `${result.trace.samples} samples, ${result.trace.bytes} bytes${result.trace.full ? " (the analyzer filled up: the run's start)" : ""} · `,
+    el("a", { href: path, download: `fpga${fpgaId}-${jobId}.vcd`, id: "wave-file" }, "the VCD file"),
+    " (GTKWave, Surfer)"));
+  const response = await fetch(path, { credentials: "same-origin" });
+  if (!response.ok) { box.append(el("p", { class: "error" }, `${response.status} ${response.statusText}`)); return; }
+  const wave = parseVcd(await response.text());
+  const ns = nanoseconds(wave.timescale);
+  const rows = transactions(wave);
+  if (rows) box.append(el("h4", {}, `Bus transactions (${rows.length})`), transactionTable(rows, ns));
+  box.append(el("h4", {}, "Signals"), drawWave(wave, ns));
 }
 
 // Pages -----------------------------------------------------------------------------------
