@@ -49,6 +49,16 @@ from fpgalab.backends import (
     TransactResult,
     Waveform,
 )
+from fpgalab.hil import trace as trace_plan
+
+#: The analyzer the double's traces come from: the real bus signals, a 16-bit word offset.
+FAKE_SCOPE = trace_plan.ScopeLayout(
+    signals=tuple(
+        trace_plan.Probe(name, 16 if name == "adr" else trace_plan.BUS_WIDTHS[name][1])
+        for name in trace_plan.BUS_WIDTHS
+    ),
+    depth=4096, clock_hz=50_000_000, time_bits=32, control=0, qualify=0, status=0, base=0,
+)  # fmt: skip
 
 #: Reads or writes at or above this byte address get a bus error.
 BUS_ERROR_BASE = 0xF000_0000
@@ -149,32 +159,40 @@ class FakeBackend:
                 break
         return results
 
-    #: The signals the double's "analyzer" shows, as the real one names the bus's.
-    TRACE_SIGNALS = ("wb_we", "wb_adr", "wb_dat")
-
     def transact_traced(
         self, board: int, txns: Sequence[Transaction], trace: TraceRequest
     ) -> TracedRun:
+        """The run, and a waveform made of its transactions as the analyzer would have
+        seen them (three cycles each: asked, answered, idle), written by the real VCD
+        writer (``hil.trace.to_vcd``); unknown signals refused as the real plan does."""
         results = self.transact_many(board, txns)
         if board in self.no_scope:
             return TracedRun(results, error="fake: this build has no logic analyzer")
-        signals = trace.signals or self.TRACE_SIGNALS
-        unknown = [name for name in signals if name not in self.TRACE_SIGNALS]
-        if unknown:
-            return TracedRun(results, error=f"fake: no signal {', '.join(unknown)}")
-        lines = ["$timescale 1 ns $end", "$scope module fake $end"]
-        lines += [f"$var wire 32 {n} {name} $end" for n, name in enumerate(signals)]
-        lines += ["$upscope $end", "$enddefinitions $end"]
-        for t, (txn, result) in enumerate(zip(txns, results, strict=False)):
-            words = txn.data if txn.op is Op.WRITE else tuple(result.data)
-            value = {"wb_we": int(txn.op is Op.WRITE), "wb_adr": txn.address,
-                     "wb_dat": words[0] if words else 0}  # fmt: skip
-            lines.append(f"#{10 * t}")
-            lines += [f"b{value[name]:b} {n}" for n, name in enumerate(signals)]
-        data = ("\n".join(lines) + "\n").encode()
+        layout = FAKE_SCOPE
+        try:
+            trace_plan.arm(layout, trace.signals)  # checks the names
+        except trace_plan.TraceError as exc:
+            return TracedRun(results, error=str(exc))
+        samples, cycle = [], 0
+        for txn, result in zip(txns, results, strict=False):
+            write = txn.op is Op.WRITE
+            for i in range(txn.words):
+                word = (txn.address >> 2) + i
+                data = txn.data[i] if write else (result.data[i] if i < len(result.data) else 0)
+                ok = result.ok or i < len(result.data)
+                for cyc, answered in ((1, False), (1, True), (0, False)):
+                    cycle += 1
+                    ack, err = int(answered and ok), int(answered and not ok)
+                    values = (cyc, cyc, int(write), word & 0xFFFF, 15, data if write else 0,
+                              0 if write else data, ack, err)  # fmt: skip
+                    samples.append(trace_plan.Sample(cycle, values))
+        capture = trace_plan.Capture(tuple(samples), full=False)
+        data = trace_plan.to_vcd(layout, capture, trace.signals)
         if len(data) > trace.max_bytes:
             return TracedRun(results, error=f"fake: {len(data)} bytes, over {trace.max_bytes}")
-        wave = Waveform("vcd", data, samples=len(results), full=False, signals=tuple(signals))
+        wanted = set(trace.signals or layout.names)
+        shown = tuple(n for n in layout.names if n in wanted)
+        wave = Waveform("vcd", data, samples=len(samples), full=False, signals=shown)
         return TracedRun(results, wave)
 
     def reset(self, board: int, log: LogFn) -> None:

@@ -492,10 +492,10 @@ def bus_transactions(
     """The accesses a trace shows: (time, "read"/"write", word, data, "ack"/"err"), one per
     sample where ``cyc``, ``stb`` and ``ack`` or ``err`` are high."""
     found = []
-    for time, v in samples:
+    for at, v in samples:
         if v.get("bus.cyc") and v.get("bus.stb") and (v.get("bus.ack") or v.get("bus.err")):
             write = bool(v.get("bus.we"))
             data = v.get("bus.dat_w" if write else "bus.dat_r")
             end = "ack" if v.get("bus.ack") else "err"
-            found.append((time, "write" if write else "read", v.get("bus.adr"), data, end))
+            found.append((at, "write" if write else "read", v.get("bus.adr"), data, end))
     return found

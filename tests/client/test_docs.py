@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.client.conftest import KEYS, OPS, LiveLab, StartLab, start_lab  # noqa: F401
+from tests.client.conftest import KEYS, OPS, LiveLab, StartLab, sim_lab, start_lab  # noqa: F401
 from tests.fakes import FakeBackend
 from tests.helpers import REPO
 
@@ -221,3 +221,46 @@ def test_an_admin_signs_in_and_puts_a_board_in_maintenance(
     cookies = {c["name"]: c for c in browser.get_cookies()}
     assert all(OPS not in c["value"] for c in cookies.values())
     assert any(c.get("httpOnly") for c in cookies.values())
+
+
+def test_a_traced_runs_page_draws_its_waveform(
+    sim_lab: LiveLab,  # noqa: F811  (the fixture imported above)
+    browser: Any,
+) -> None:
+    """On the simulated lab (the SoC's own analyzer), the counter with its bug traced: the
+    run's page lists its five bus transactions (the read's 6 among them), draws every
+    signal, the design's probe included, and links the VCD; all from the lab's origin.
+    The test run leaves a screenshot of it in docs/img/."""
+    design = (REPO / "docs" / "examples" / "counter.py").read_bytes()
+    with httpx.Client(base_url=sim_lab.url, trust_env=False, timeout=60) as c:
+        r = c.post("/fpga/2/submit", files={"file": ("counter.py", design)})
+        assert c.get(f"/fpga/2/jobs/{r.json()['job_id']}", params={"wait": 30}).json()[
+            "status"] == "complete"  # fmt: skip
+        user = 0x2000_0000
+        ops = [{"op": 1, "address": user + 8, "data": [0]}]
+        ops += [{"op": 1, "address": user, "data": [i]} for i in (1, 2, 3)]
+        ops += [{"op": 2, "address": user + 4}]
+        run = c.post("/fpga/2/run", json={"ops": ops, "trace": True}, params={"wait": 30})
+        assert run.json()["result"]["data"] == [6], run.text
+    job_id = run.json()["job_id"]
+    browser.get(f"{sim_lab.url}/ui#job/2/{job_id}")
+    rows = until(lambda: browser.find_elements("css selector", "#transactions tbody tr"),
+                 timeout=30, what="the transactions")  # fmt: skip
+    cells = [[td.text for td in row.find_elements("css selector", "td")] for row in rows]
+    assert [c[1:] for c in cells] == [
+        ["write", "0x2", "0x00000000", "ack"],
+        ["write", "0x0", "0x00000001", "ack"],
+        ["write", "0x0", "0x00000002", "ack"],
+        ["write", "0x0", "0x00000003", "ack"],
+        ["read", "0x1", "0x00000006", "ack"],
+    ]
+    assert all(c[0].endswith(" ns") for c in cells)
+    names = [t.text for t in browser.find_elements("css selector", "#wave text.name")]
+    assert "bus.dat_r" in names and "design.count" in names
+    link = browser.find_element("id", "wave-file")
+    assert link.get_attribute("href") == f"{sim_lab.url}/fpga/2/jobs/{job_id}/waveform"
+    browser.execute_script("document.getElementById('waveform').scrollIntoView()")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "dashboard-trace.png"))
+    foreign = [u for u in requested_urls(browser) if not u.startswith(sim_lab.url)]
+    assert foreign == []

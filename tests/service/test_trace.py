@@ -5,21 +5,29 @@ simulated boards and twins (tests/backends/test_trace.py)."""
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any
 
 import httpx
 import pytest
-from vcd.reader import TokenKind, tokenize
 
 from fpgalab.service import keys
 from fpgalab.service.settings import Settings
 from fpgalab.service.store import Store
 from tests.fakes import FakeBackend
-from tests.helpers import assert_error, reserve, run_job, submit, wait_job
+from tests.helpers import (
+    assert_error,
+    bus_transactions,
+    reserve,
+    run_job,
+    submit,
+    vcd_samples,
+    wait_job,
+)
 
 ALICE = {"X-API-Key": "alice-key"}
+#: The analyzer's bus signals, as every build's scope has them.
+BUS = ("cyc", "stb", "we", "adr", "sel", "dat_w", "dat_r", "ack", "err")
 BOB = {"X-API-Key": "bob-key"}
 OPS = {"X-API-Key": "ops-key"}  # admin
 #: This lab's waveform limit: a few hundred bytes, so that a long run goes over it.
@@ -28,31 +36,13 @@ LIMIT = 600
 
 @pytest.fixture
 def app_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"api_keys": "alice=alice-key,bob=bob-key,ops=ops-key:admin"}
-    )
+    return settings.model_copy(update={"api_keys": "alice=alice-key,bob=bob-key,ops=ops-key:admin"})
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The lab's waveform limit (the worker's settings: it is the worker that keeps to it)."""
     return settings.model_copy(update={"max_waveform_bytes": LIMIT})
-
-
-def changes(vcd: bytes) -> dict[str, list[tuple[int, int]]]:
-    """Each variable's (time, value) changes, read with pyvcd's tokenizer."""
-    names: dict[str, str] = {}
-    out: dict[str, list[tuple[int, int]]] = {}
-    now = 0
-    for token in tokenize(io.BytesIO(vcd)):
-        if token.kind is TokenKind.VAR:
-            names[token.var.id_code] = token.var.reference
-            out[token.var.reference] = []
-        elif token.kind is TokenKind.CHANGE_TIME:
-            now = token.time_change
-        elif token.kind is TokenKind.CHANGE_VECTOR:
-            out[names[token.vector_change.id_code]].append((now, token.vector_change.value))
-    return out
 
 
 async def traced(
@@ -77,16 +67,18 @@ async def test_a_traced_run_keeps_its_waveform(lab: httpx.AsyncClient, store: St
     assert result["ok"] is True and result["data"] == [0xAB]
     trace = result["trace"]
     assert trace["ok"] is True and trace["error"] is None and trace["format"] == "vcd"
-    assert trace["signals"] == ["wb_we", "wb_adr", "wb_dat"] and trace["samples"] == 2
+    assert trace["signals"] == list(BUS) and trace["samples"] == 6
 
     r = await lab.get(f"/fpga/1/jobs/{job_id}/waveform", headers=ALICE)
     assert r.status_code == 200 and r.headers["content-type"] == "text/x-vcd; charset=utf-8"
     assert r.headers["x-waveform-format"] == "vcd"
     assert r.headers["content-disposition"] == f'attachment; filename="fpga1-{job_id}.vcd"'
     assert len(r.content) == trace["bytes"]
-    seen = changes(r.content)
-    assert seen["wb_we"] == [(0, 1), (10, 0)]
-    assert seen["wb_dat"] == [(0, 0xAB), (10, 0xAB)]
+    _, samples = vcd_samples(r.content)
+    assert [(op, word, data) for _, op, word, data, _ in bus_transactions(samples)] == [
+        ("write", 4, 0xAB),
+        ("read", 4, 0xAB),
+    ]
 
     ttl = await store.redis.ttl(keys.waveform(job_id))
     assert 0 < ttl <= store.settings.job_retention
@@ -98,11 +90,11 @@ async def test_a_traced_run_keeps_its_waveform(lab: httpx.AsyncClient, store: St
 async def test_chosen_signals_only(lab: httpx.AsyncClient) -> None:
     """``signals`` picks what the waveform shows, in the order given."""
     await reserve(lab, 2, headers=ALICE)
-    body = {"op": 2, "address": 0, "trace": True, "signals": ["wb_dat", "wb_adr"]}
+    body = {"op": 2, "address": 0, "trace": True, "signals": ["dat_r", "adr"]}
     job_id, result = await traced(lab, 2, body, ALICE)
-    assert result["trace"]["signals"] == ["wb_dat", "wb_adr"]
+    assert result["trace"]["signals"] == ["adr", "dat_r"]  # in the analyzer's order
     r = await lab.get(f"/fpga/2/jobs/{job_id}/waveform", headers=ALICE)
-    assert set(changes(r.content)) == {"wb_dat", "wb_adr"}
+    assert vcd_samples(r.content)[0] == ["bus.adr", "bus.dat_r"]
 
 
 async def test_an_untraced_run_has_no_waveform(lab: httpx.AsyncClient) -> None:
@@ -127,10 +119,10 @@ async def test_a_failed_trace_keeps_the_runs_data(lab: httpx.AsyncClient) -> Non
     waveform route answers 404 with that reason."""
     await reserve(lab, 4, headers=ALICE)
     await run_job(lab, 4, {"op": 1, "address": 0, "data": [5]}, headers=ALICE)
-    long = [{"op": 2, "address": 0}] * 40
+    long = [{"op": 2, "address": 0}] * 40  # over the limit below
     cases = [
-        ({"op": 2, "address": 0, "trace": True, "signals": ["wb_adr", "counter"]},
-         "fake: no signal counter"),
+        ({"op": 2, "address": 0, "trace": True, "signals": ["adr", "counter"]},
+         "unknown signal(s) 'counter': this build's scope has cyc, stb"),
         ({"ops": long, "trace": True}, f"over {LIMIT}"),
     ]  # fmt: skip
     for body, why in cases:
@@ -179,10 +171,10 @@ async def test_a_waveform_before_the_run_ends(lab: httpx.AsyncClient, backend: F
 
 #: (case, body, the message's field (a regex), what it says)
 BAD_TRACES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("signals without trace", {"op": 2, "address": 0, "signals": ["wb_adr"]}, "signals",
+    ("signals without trace", {"op": 2, "address": 0, "signals": ["adr"]}, "signals",
      "only with trace: true"),
-    ("a signal twice", {"op": 2, "address": 0, "trace": True, "signals": ["wb_adr", "wb_adr"]},
-     "signals", "wb_adr named twice"),
+    ("a signal twice", {"op": 2, "address": 0, "trace": True, "signals": ["adr", "adr"]},
+     "signals", "adr named twice"),
     ("a bad name", {"op": 2, "address": 0, "trace": True, "signals": ["Wb Adr"]},
      r"signals\.0", "should match pattern"),
     ("no signals", {"op": 2, "address": 0, "trace": True, "signals": []}, "signals",
@@ -219,4 +211,3 @@ async def test_openapi_describes_traces(client: httpx.AsyncClient) -> None:
     route = spec["paths"]["/fpga/{fpga_id}/jobs/{job_id}/waveform"]["get"]
     assert "text/x-vcd" in route["responses"]["200"]["content"]
     assert {"404", "409", "403"} <= set(route["responses"])
-
