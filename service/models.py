@@ -166,7 +166,7 @@ class RunOp(StrictBody):
     )
 
     @model_validator(mode="after")
-    def _check_shape(self) -> RunRequest:
+    def _check_shape(self) -> RunOp:
         if self.op is Op.WRITE:
             if not self.data:
                 raise ValueError("data: a write (op 1) needs at least one word")

@@ -573,14 +573,14 @@ def _run_outcome(
     """A run's end: its result (``service.models.RunResult``) and waveform. One
     transaction fails with the bus's error; a list with ``op N of M: …`` (from 1): the
     first that fails ends it."""
+    errors = [None if r.error is None else one_line(r.error) for r in results]
     entries = [
-        {"ok": r.ok, "data": r.data, "error": None if r.error is None else one_line(r.error)}
-        for r in results
+        {"ok": r.ok, "data": r.data, "error": why} for r, why in zip(results, errors, strict=True)
     ]
     error = None
     if len(results) != len(txns) or not all(r.ok for r in results):
         failed = next((i for i, r in enumerate(results) if not r.ok), len(results))
-        why = entries[failed]["error"] if failed < len(entries) else None
+        why = errors[failed] if failed < len(errors) else None
         # a backend that stopped without saying why: a bug of its own
         why = why or ("bus error" if not ops else "not run")
         error = one_line(f"op {failed + 1} of {len(txns)}: {why}") if ops else why
