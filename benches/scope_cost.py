@@ -4,9 +4,10 @@
 simulated boards of one backend, measured in alternating rounds: a single read's p50 and
 bulk words/s, and the ratios (with / without).
 
-``python benches/scope_cost.py ecp5 [--depth N ...]``: the base SoC's bitstream for the
-ULX3S (LFE5U-25F) without the scope and with it at each depth: LUTs, flip-flops, DP16KD
-block RAMs and fmax from nextpnr's report (slow: a bitstream each).
+``python benches/scope_cost.py ecp5 [--depth N ...] [--probed]``: the base SoC's bitstream
+for the ULX3S (LFE5U-25F) without the scope and with it at each depth: LUTs, flip-flops,
+DP16KD block RAMs and fmax from nextpnr's report (slow: a bitstream each); ``--probed``
+adds a design with the most probe bits a design may have (64) at each depth.
 """
 
 from __future__ import annotations
@@ -28,6 +29,20 @@ from fpgalab.hil.gateware.config import HW_CONFIG, SIM_CONFIG
 
 SRAM = 0x0100_0000
 SCRATCH = 0x4
+#: Four 16-bit counters as probes: 64 bits, the most a design may show the scope.
+PROBED = b"""
+from litex.soc.interconnect import wishbone
+from migen import If, Module, Signal
+
+class Design(Module):
+    def __init__(self):
+        self.bus = bus = wishbone.Interface(data_width=32, address_width=32, addressing="word")
+        counters = [Signal(16) for _ in range(4)]
+        self.probes = {f"c{i}": c for i, c in enumerate(counters)}
+        self.sync += [c.eq(c + i + 1) for i, c in enumerate(counters)]
+        self.sync += bus.ack.eq(bus.cyc & bus.stb & ~bus.ack)
+        self.comb += bus.dat_r.eq(counters[0])
+"""
 
 
 def _quiet(line: str) -> None:
@@ -75,19 +90,23 @@ def bench_sim(root: Path, rounds: int) -> dict[str, Any]:
     return out
 
 
-def bench_ecp5(root: Path, depths: list[int]) -> dict[str, Any]:
+def bench_ecp5(root: Path, depths: list[int], probed: bool) -> dict[str, Any]:
     from fpgalab.hil.build.ecp5 import BitstreamBuilder
 
     out: dict[str, Any] = {}
     for depth in [0, *depths]:
         config = dataclasses.replace(HW_CONFIG, scope_depth=depth)
         builder = BitstreamBuilder(root / f"depth-{depth}", config=config)
-        lines: list[str] = []
-        started = time.perf_counter()
-        builder.base(lines.append)
-        took = time.perf_counter() - started
-        report = [line for line in lines if line.startswith("hw: ") and "LUTs" in line]
-        out[f"scope_depth_{depth}"] = {"report": report, "build_s": round(took, 1)}
+        builds = {"base": lambda log, b=builder: b.base(log)}
+        if probed:
+            builds["probed"] = lambda log, b=builder: b.build("probed.py", PROBED, log)
+        for name, build in builds.items():
+            lines: list[str] = []
+            started = time.perf_counter()
+            build(lines.append)
+            took = time.perf_counter() - started
+            report = [line for line in lines if line.startswith("hw: ") and "LUTs" in line]
+            out[f"{name}_scope_depth_{depth}"] = {"report": report, "build_s": round(took, 1)}
     return out
 
 
@@ -97,13 +116,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, help="data folder (default: a fresh temporary one)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--depth", type=int, action="append", help="ecp5: scope depths to build")
+    parser.add_argument("--probed", action="store_true", help="ecp5: also a design with probes")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fpgalab-scope-") as tmp:
         root = args.root or Path(tmp)
         if args.what == "sim":
             results = bench_sim(root, args.rounds)
         else:
-            results = bench_ecp5(root, args.depth or [HW_CONFIG.scope_depth])
+            results = bench_ecp5(root, args.depth or [HW_CONFIG.scope_depth], args.probed)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -67,7 +67,7 @@ CHILD_PACKAGES: tuple[Path, ...] = (HIL,) if HIL.parent == PACKAGE_TOP else (HIL
 #: Our sources that shape every image: a change to any of them is a new cache key.
 SOURCES = tuple(HIL / name for name in (
     "gateware/soc.py", "gateware/config.py", "gateware/burst.py", "gateware/design.py",
-    "gateware/designfile.py", "build/elaborate.py", "build/pipeline.py",
+    "gateware/designfile.py", "gateware/scope.py", "build/elaborate.py", "build/pipeline.py",
 ))  # fmt: skip
 TOP = "lab_soc"
 #: A build's wall clock by default (``FPGALAB_BUILD_TIMEOUT`` passes the lab's down).

@@ -14,12 +14,14 @@ stored only on a cycle that qualifies:
   ``qualify`` bit ``1 + i`` is set.
 
 Once ``depth`` samples are stored, the scope stores no more and sets ``status`` bit 31
-(a qualifying cycle was dropped). LiteScope's analyzer (``litescope.core``) stores every
-clock and is built around a trigger; its storage flushes for ``depth`` cycles after each
-arm (the start of a run would be lost), cannot be stopped before it is full, and drains
-into a clock-crossing FIFO once stopped (its level is then not what was stored). This
-keeps LiteScope's arrangement (a sample word through a qualifier into a memory, read back
-through the bus) with a storage that fits a host that arms, runs and stops.
+(a qualifying cycle was dropped).
+
+LiteScope (``litescope.core``) is not reused: its analyzer stores every clock (over
+UARTBone, accesses ~10k cycles apart, its memory would hold less than one), and its
+storage flushes for ``depth`` cycles after each arm (the start of a run would be lost),
+cannot be stopped before it is full, and once stopped drains into a clock-crossing FIFO
+(its level is then not what was stored). This one is a block RAM written at a sample
+counter and read back as a bus region: bulk reads, not one CSR read per word.
 
 Host side: ``control`` (write 1: arm, clearing the capture; write 0: stop), ``qualify``
 (above), ``status`` (bits 0-30: samples stored; bit 31: overflowed); the memory region

@@ -202,3 +202,41 @@ def test_the_base_soc_has_a_scope_on_the_empty_slot(sim: SimBackend) -> None:
     assert not results[0].ok
     err, adr = layout.names.index("err"), layout.names.index("adr")
     assert [s.values[adr] for s in capture.samples if s.values[err]] == [2]
+
+
+#: The same counter in Verilog, its probe an output port.
+COUNTER_V = b"""module user_design (
+    input  wire        clk,
+    input  wire        rst,
+    input  wire [29:0] wb_adr,
+    input  wire [31:0] wb_dat_w,
+    output wire [31:0] wb_dat_r,
+    input  wire [3:0]  wb_sel,
+    input  wire        wb_cyc,
+    input  wire        wb_stb,
+    input  wire        wb_we,
+    output reg         wb_ack,
+    output reg  [7:0]  probe_count
+);
+    assign wb_dat_r = wb_adr == 0 ? {24'd0, probe_count} : {2'd0, wb_adr};
+    always @(posedge clk) begin
+        wb_ack <= wb_cyc & wb_stb & ~wb_ack;
+        if (rst) probe_count <= 0;
+        else if (wb_cyc & wb_stb & ~wb_ack & wb_we & wb_adr == 0)
+            probe_count <= probe_count == 10 ? 0 : probe_count + 1;  // the bug: == 9
+    end
+endmodule
+"""
+
+
+def test_a_verilog_designs_probe_ports_are_traced(sim: SimBackend) -> None:
+    """A Verilog design's ``probe_count`` output is in the trace, under ``design``."""
+    sim.program(0, sim.build(Design("counter.v", COUNTER_V), Log()), Log())
+    layout = scope_layout(sim.memory_map(0))
+    assert layout is not None and [p.name for p in layout.probes] == ["count"]
+    run = [Transaction(Op.WRITE, USER, (0,)) for _ in range(11)]
+    results, capture = traced(sim, layout, run)
+    assert all(r.ok for r in results)
+    changes = parse_vcd(to_vcd(layout, capture, ["ack", "count"]))
+    acks = [t for t, v in changes["ack"] if v == 1]
+    assert [value_at(changes["count"], t) for t in acks] == [*range(1, 11), 0]

@@ -50,6 +50,8 @@ class LabUnderTest:
     verilog_syntax_error: tuple[str, str]
     #: Bytes of SRAM the SoC has.
     sram_size: int
+    #: Samples the SoC's scope holds.
+    scope_depth: int
     #: The process simulating each board, where boards are simulated.
     pids: Callable[[int], int | None] | None = None
     twins: Any = None
@@ -137,6 +139,7 @@ def _sim_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabUnde
             ],
             not_on_cache_hit=["verilator", "step 1/2"],
             sram_size=sim.builder.soc.sram_size,
+            scope_depth=sim.builder.soc.scope_depth,
             verilog_syntax_error=(r"%Error: broken\.v:\d+:\d+: syntax error, .*", "%Error: "),
             pids=lambda b: sim.board(b).pid,
         )
@@ -177,6 +180,7 @@ def _hardware(hw: Any, twins: Any = None) -> LabUnderTest:
         ],
         not_on_cache_hit=["yosys", "nextpnr", "step 1/4"],
         sram_size=hw.builder.config.sram_size,
+        scope_depth=hw.builder.config.scope_depth,
         verilog_syntax_error=(r"broken\.v:\d+: ERROR: syntax error.*", "ERROR: "),
         pids=(lambda b: twins.twins[b].sim.pid) if twins is not None else None,
         twins=twins,

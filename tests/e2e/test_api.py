@@ -34,6 +34,7 @@ DOCS = REPO / "docs"
 CSR = 0x0000_0000
 SCRATCH = 0x0000_0004
 IDENTIFIER = 0x0000_0800
+SCOPE = 0x0000_1000
 SRAM = 0x0100_0000
 USER = 0x2000_0000
 UNMAPPED = 0x4000_0000
@@ -274,8 +275,10 @@ async def test_memory_map_names_the_user_region_as_documented(
     the ones docs/memory-map.md lists, and the identifier read over the bus agrees."""
     lab = await start_lab([1])
     documented = documented_regions()
-    assert set(documented) == {"csr", "sram", "user"}
+    assert set(documented) == {"csr", "sram", "scope", "user"}
     documented["sram"]["size"] = target.sram_size  # docs/memory-map.md gives both
+    # four words a sample without probes: 127 bits (docs/memory-map.md, "The scope")
+    documented["scope"]["size"] = 16 * target.scope_depth
     assert documented["user"] == {"base": USER, "size": 16 << 20}
 
     base = await memory_map(lab, 1)
@@ -286,7 +289,7 @@ async def test_memory_map_names_the_user_region_as_documented(
     for found in (base, mine):
         regions = {k: {"base": v["base"], "size": v["size"]} for k, v in found["memories"].items()}
         assert regions == documented
-        assert found["csr_bases"] == {"ctrl": CSR, "identifier_mem": IDENTIFIER}
+        assert found["csr_bases"] == {"ctrl": CSR, "identifier_mem": IDENTIFIER, "scope": SCOPE}
     ident = mine["constants"]["config_identifier"]
     assert re.fullmatch(target.design_ident, ident), ident
     assert ident[-12:] in await logs(lab, 1, job["job_id"])  # the build key the job used

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
-from fpgalab.hil.build.pipeline import safe_name
+from fpgalab.hil.build.pipeline import HIL, SOURCES, safe_name
 from fpgalab.sim.verilator import strip_verilog
 
 VERILOG = """// Filename   : lab_soc.v
@@ -33,3 +34,20 @@ def test_safe_names() -> None:
     assert safe_name("../../etc/my design.v") == "my_design.v"
     assert safe_name("lab_soc.v") == "design_lab_soc.v"
     assert safe_name(".hidden.py") == "design_hidden.py"
+
+
+def test_every_module_of_the_soc_is_part_of_the_key() -> None:
+    """Each gateware module the SoC and the design loader import is in ``SOURCES``: a change
+    to any of them changes every build's key (no stale build from the cache)."""
+    todo, seen = [HIL / "gateware" / "soc.py", HIL / "gateware" / "design.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "fpgalab.hil.gateware."
+            ):
+                todo.append(HIL / "gateware" / (node.module.rsplit(".", 1)[1] + ".py"))
+    assert {p for p in seen if p.parent.name == "gateware"} <= set(SOURCES)
