@@ -27,6 +27,7 @@ OPS = [
 SEEN = [("write", 2, 0), ("write", 0, 0x11), ("write", 0, 0x22), ("write", 0, 0x33), ("read", 1, 6)]
 
 
+@pytest.mark.timeout(600)  # on twins: a bitstream of the design, and of the base SoC if cold
 async def test_a_trace_shows_the_bug(start_lab: StartLab, example: Read) -> None:
     """The traced run's result is the untraced one's (the bug's 6 included) plus what was
     captured; the VCD has the bus and the probe, each access of the run in order with its
