@@ -82,8 +82,10 @@ def bench(session: nox.Session) -> None:
     twin beside the simulated backend and UARTBone's ceilings, then the build sandbox
     beside the same steps unsandboxed, then the client (waiting vs polling, one ops job
     vs a job each, a read as the client sees it vs on the lab, the command's start-up vs
-    python's), the size of each install, and pools at scale (1,000 boards beside 10:
-    placements/s, submit to start, Redis work and memory per board and per job)."""
+    python's), the size of each install, pools at scale (1,000 boards beside 10:
+    placements/s, submit to start, Redis work and memory per board and per job), and
+    traces (the scope compiled in but off, and on, beside a board without it; VCD bytes
+    per word; a capture's read-back on a twin beside UARTBone's ceiling at 1 Mbaud)."""
     session.install("-e", ".[lab,test]")
     session.run("python", "benches/api.py", *session.posargs)
     session.run("python", "benches/events.py")
@@ -94,6 +96,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benches/hw_lab.py")
     session.run("python", "benches/sandbox.py")
     session.run("python", "benches/scale.py")
+    session.run("python", "benches/trace.py", "--twin")
 
 
 @nox.session(python=PYTHON)
