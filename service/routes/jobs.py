@@ -31,7 +31,7 @@ from fpgalab.service.head import HEAD_SCOPE
 from fpgalab.service.logfollow import LogNotices
 from fpgalab.service.models import JobResponse, RunResult, job_response, result_json
 from fpgalab.service.store import Actor, Store
-from fpgalab.service.waiters import FINISHED
+from fpgalab.service.waiters import FINISHED, JobWaiters
 
 router = APIRouter(prefix="/fpga/{fpga_id}/jobs", tags=["jobs"])
 
@@ -187,18 +187,7 @@ async def get_result(
 ) -> Response:
     """Words a run job read (``data``), once it has finished; with ``wait``, answered once
     the job has finished, or after ``wait`` seconds (``409 job_not_complete`` then)."""
-
-    async def read() -> _Stored:
-        fields = await _fields(
-            store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
-        )
-        _check_reader(actor, fields[0], fields[1], job_id)  # before any wait
-        return _Stored(*fields)
-
-    if wait is None:
-        stored = await read()
-    else:
-        stored = await waiters.until_finished(job_id, wait, read, _done)
+    stored = await _stored(store, waiters, actor, fpga_id, job_id, wait)
     result = result_json(stored.status, stored.result, stored.error)
     if result is None:
         raise Conflict(
@@ -237,15 +226,7 @@ async def get_waveform(
     """A traced run's waveform, once it has finished: a VCD of the run's window as the
     board's logic analyzer captured it (GTKWave and Surfer open it). Its owner and admins
     read it, as they read the result; with ``wait``, answered once the job has finished."""
-
-    async def read() -> _Stored:
-        fields = await _fields(
-            store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
-        )
-        _check_reader(actor, fields[0], fields[1], job_id)
-        return _Stored(*fields)
-
-    stored = await (read() if wait is None else waiters.until_finished(job_id, wait, read, _done))
+    stored = await _stored(store, waiters, actor, fpga_id, job_id, wait)
     if result_json(stored.status, stored.result, stored.error) is None:
         raise Conflict(
             "job_not_complete", f"Job {job_id} is {stored.status}; it has no waveform yet."
@@ -294,6 +275,24 @@ class _Stored:
     status: str | None
     result: str | None
     error: str | None
+
+
+async def _stored(
+    store: Store, waiters: JobWaiters, actor: Actor, fpga_id: int, job_id: str, wait: float | None
+) -> _Stored:
+    """A job's result fields for a caller who may read them (checked before any wait);
+    with ``wait``, once the job has finished or the wait is over."""
+
+    async def read() -> _Stored:
+        fields = await _fields(
+            store, fpga_id, job_id, "owner", "session_id", "status", "result", "error"
+        )
+        _check_reader(actor, fields[0], fields[1], job_id)
+        return _Stored(*fields)
+
+    if wait is None:
+        return await read()
+    return await waiters.until_finished(job_id, wait, read, _done)
 
 
 @router.delete(
