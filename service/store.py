@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fpgalab.service import keys
 from fpgalab.service.audit import AuditLog
 from fpgalab.service.errors import NotFound
-from fpgalab.service.lua import Scripts
+from fpgalab.service.lua import Scripts, missing
 from fpgalab.service.ratelimit import RateLimiter
 from fpgalab.service.settings import SentinelURL, Settings
 from fpgalab.service.states import BoardState, Health
@@ -409,9 +409,9 @@ class Store:
             # at most half a deadline, so that the socket's deadline never ends it
             pipe.wait(wanted, int(self.settings.redis_timeout * 500))
             raw, *rest = await pipe.execute(raise_on_error=False)
-            if not isinstance(raw, NoScriptError) or attempt:
+            if not missing(raw) or attempt:
                 break
-            await self.scripts.load(name)  # a server that lost its scripts (a restart)
+            await self.scripts.load(name)  # a server that lost its functions (a restart)
         for answer in (raw, *rest):
             if isinstance(answer, Exception):
                 raise answer

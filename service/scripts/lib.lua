@@ -1,8 +1,8 @@
--- Shared prelude, prepended to every script by service/lua.py.
+-- The library every script's body runs in (service/lua.py: one Redis Function library).
 -- TRANSITIONS (service/states.py) and the key layout LAYOUT (service/keys.py) are
--- substituted at load time: one truth, read here and in Python.
-local TRANSITIONS = cjson.decode('@TRANSITIONS@')
-local LAYOUT = cjson.decode('@LAYOUT@')
+-- substituted at load time, as Lua tables: one truth, read here and in Python.
+local TRANSITIONS = @TRANSITIONS@
+local LAYOUT = @LAYOUT@
 
 local function key(kind, thing)
   return (string.gsub(LAYOUT[kind], '{id}', function() return tostring(thing) end))
@@ -287,7 +287,7 @@ end
 -- updated by the call that makes the change counted. A histogram keeps per-bucket counts
 -- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf), its sum and count.
 local METRICS = LAYOUT.metrics
-local BUCKETS = cjson.decode('@BUCKETS@')
+local BUCKETS = @BUCKETS@
 
 local function count(field)
   redis.call('HINCRBY', METRICS, field, 1)
