@@ -1160,7 +1160,8 @@ def report(small: dict[str, Any], big: dict[str, Any], check: dict[str, Any] | N
     t.row("created_at -> started_at p50", lambda r: r["latency"]["p50_ms"], ".2f", "ms")
     t.row("p99", lambda r: r["latency"]["p99_ms"], ".2f", "ms")
     t.row("max", lambda r: r["latency"]["max_ms"], ".2f", "ms")
-    t.row("boards used (a pool takes the lowest free id)", lambda r: r["latency"]["boards_used"],
+    t.row("boards used (a pool takes a free board at random)",
+          lambda r: r["latency"]["boards_used"],
           "d")  # fmt: skip
     t.row("  worker processes they belong to", lambda r: r["latency"]["workers_used"], "d")
     for r in (small, big):

@@ -495,12 +495,8 @@ local function req_sets(req, first)
   return sets
 end
 
--- Board ids meeting `req`, of the boards of set `first` (the inventory's ids if nil).
-local function boards_meeting(req, first)
-  if first then
-    local _, _, denied = split_req(req)
-    return without_denied(redis.call('SINTER', unpack(req_sets(req, first))), denied)
-  end
+-- Board ids of the inventory meeting `req`, read one by one.
+local function boards_meeting(req)
   local ids = {}
   for _, id in ipairs(redis.call('HKEYS', INVENTORY)) do
     local entry = cjson.decode(redis.call('HGET', INVENTORY, id))
@@ -558,7 +554,7 @@ local function never_met(req)
   end
   local missing, of = {}, (platform ~= '' and (platform .. ' ') or '')
   for tag in string.gmatch(tags, '[^,]+') do
-    if #boards_meeting(platform .. '|' .. tag, nil) == 0 then missing[#missing + 1] = tag end
+    if #boards_meeting(platform .. '|' .. tag) == 0 then missing[#missing + 1] = tag end
   end
   if #missing > 0 then
     return 'no ' .. of .. 'board has the tag' .. (#missing > 1 and 's ' or ' ') ..
@@ -592,15 +588,44 @@ local function place(job_id, id, t)
   job_event(job_id, id, 'queued', true)
 end
 
--- The free board, served by a live worker, that job `req` can take now: the lowest id.
+-- How many members of its smallest index a pool submit looks at before it reads the
+-- whole intersection (only when none of them fits: few of the free boards meet it).
+local SAMPLE = 16
+
+-- The free board, served by a live worker, that job `req` can take now: one at random
+-- of those that fit, so that pool jobs spread over the lab's boards and its workers
+-- (the lowest id first would pile them onto one worker). A random sample of the smallest
+-- of the sets whose intersection is the answer (the free boards, the platform's, each
+-- tag's), each checked against the others: a few commands however many boards are free.
 local function free_board_for(req)
-  local ids = boards_meeting(req, FREE)
-  local best
-  for _, id in ipairs(ids) do
-    local n = tonumber(id)
-    if (not best or n < best) and redis.call('EXISTS', owner_key(id)) == 1 then best = n end
+  local _, _, denied = split_req(req)
+  local sets = req_sets(req, FREE)
+  local smallest, size = 1, nil
+  for i, set in ipairs(sets) do
+    local n = redis.call('SCARD', set)
+    if n == 0 then return nil end
+    if not size or n < size then smallest, size = i, n end
   end
-  return best
+  local function fits(id)
+    for i, set in ipairs(sets) do
+      if i ~= smallest and redis.call('SISMEMBER', set, id) == 0 then return false end
+    end
+    return #without_denied({id}, denied) == 1 and redis.call('EXISTS', owner_key(id)) == 1
+  end
+  -- a sample of a small set is all of it, in order: start at a random place in it
+  local start = tonumber(redis.call('TIME')[2])
+  local sample = redis.call('SRANDMEMBER', sets[smallest], SAMPLE)
+  for i = 1, #sample do
+    local id = sample[(start + i) % #sample + 1]
+    if fits(id) then return tonumber(id) end
+  end
+  if size <= SAMPLE then return nil end  -- the sample was the whole set
+  local ids = without_denied(redis.call('SINTER', unpack(sets)), denied)
+  for i = 1, #ids do
+    local id = ids[(start + i) % #ids + 1]
+    if redis.call('EXISTS', owner_key(id)) == 1 then return tonumber(id) end
+  end
+  return nil
 end
 
 try_place_board = function(id, t)
