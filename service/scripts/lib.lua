@@ -39,6 +39,20 @@ local function hget(key, field)
   return v
 end
 
+-- One bulk read (`command`: MGET, or HMGET of hash `key`) of `name(item)` for each of
+-- `items`, in batches (a Lua call takes only so many arguments): the replies in order.
+local BATCH = 1000
+local function in_batches(command, items, name, key)
+  local out = {}
+  for first = 1, #items, BATCH do
+    local args = {}
+    if key then args[1] = key end
+    for i = first, math.min(first + BATCH - 1, #items) do args[#args + 1] = name(items[i]) end
+    for _, value in ipairs(redis.call(command, unpack(args))) do out[#out + 1] = value end
+  end
+  return out
+end
+
 local function board_state(id)
   return hget(board_key(id), 'state') or 'idle'
 end

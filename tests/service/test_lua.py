@@ -10,6 +10,7 @@ import json
 import pytest
 import redis
 
+from fpgalab.service import keys
 from fpgalab.service.errors import LabError
 from fpgalab.service.lua import NAMES, STANDALONE, library, source
 from fpgalab.service.settings import Settings
@@ -102,3 +103,26 @@ async def test_a_refusal_is_raised_as_its_lab_error(store: Store) -> None:
     """A script's refusal (its ``{"err"}`` answer) is raised as that LabError."""
     with pytest.raises(LabError, match="no FPGA 99"):
         await store.renew(99, ADMIN, 60)
+
+
+async def test_boards_and_orphans_read_a_big_lab_in_bulk(store: Store) -> None:
+    """A lab of 1,005 boards (more than one batch of bulk reads): every board by id with
+    its worker and inventory entry, some by the ids asked for in that order; the pass
+    for orphans marks exactly the good boards no worker leases."""
+    await store.register_boards({i: ("sim", ("dsp",) if i % 2 else ()) for i in range(1005)})
+    leased = set(range(0, 1005, 3))
+    for fpga_id in leased:
+        await store.redis.set(keys.owner(fpga_id), "w1")
+    for fpga_id in (1, 3, 1004):
+        await store.set_health(fpga_id, "check", "good", "")
+    rows = await store.boards()
+    assert [i for i, _, _ in rows] == list(range(1005))
+    assert {i for i, _, w in rows if w == "w1"} == leased
+    assert rows[1003][1]["tags"] == "dsp" and rows[1004][1]["platform"] == "sim"
+    some = await store.boards([1004, 3, 7])
+    assert [(i, w, r.get("health")) for i, r, w in some] == [
+        (1004, None, "good"),
+        (3, "w1", "good"),
+        (7, None, None),
+    ]
+    assert sorted(await store.mark_orphans()) == [1, 1004]
