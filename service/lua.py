@@ -85,7 +85,10 @@ def lua_literal(value: Any) -> str:
 def _prelude(event_log_max: int) -> str:
     lib = (_FOLDER / "lib.lua").read_text()
     lib = lib.replace("@TRANSITIONS@", lua_literal(json.loads(transitions_json())))
-    lib = lib.replace("@LAYOUT@", lua_literal(keys.lua_layout()))
+    layout = keys.lua_layout()
+    lib = lib.replace("@LAYOUT@", lua_literal(layout))
+    parts = {kind: t.split("{id}", 1) for kind, t in layout.items() if "{id}" in t}
+    lib = lib.replace("@KEY_PARTS@", lua_literal(parts))
     lib = lib.replace("@BUCKETS@", lua_literal(list(DURATION_BUCKETS)))
     return lib.replace("@EVENTLOG_MAX@", str(int(event_log_max)))
 
@@ -103,8 +106,8 @@ def source(name: str, event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> str:
 def library(event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> tuple[str, str]:
     """(the library's name, its ``FUNCTION LOAD`` text): lib.lua, then each script's body
     as a function of (KEYS, ARGV), registered as ``<library>_<script>``. Each call starts
-    with no board changes pending (the library's state outlives a call, and a call that
-    failed half-way may have left some)."""
+    with no board changes pending, no hash fields remembered and no time read: the
+    library's state outlives a call (and a call that failed half-way may have left some)."""
     parts = [_prelude(event_log_max), "local SCRIPTS = {}"]
     for name in NAMES:
         if name not in STANDALONE:
@@ -113,7 +116,7 @@ def library(event_log_max: int = DEFAULT_EVENT_LOG_MAX) -> tuple[str, str]:
     parts.append(
         "local function entry(body)\n"
         "  return function(keys, args)\n"
-        "    board_changes, board_order = {}, {}\n"
+        "    board_changes, board_order, cached, clock = {}, {}, {}, nil\n"
         "    return body(keys, args)\n"
         "  end\n"
         "end"

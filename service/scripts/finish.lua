@@ -11,11 +11,11 @@ if hget(k, 'status') ~= 'running' or hget(k, 'worker') ~= wid then
 end
 local id = hget(k, 'fpga_id')
 local t = now()
-redis.call('HSET', k, 'status', status, 'updated_at', t, 'finished_at', t)
+hset(k, 'status', status, 'updated_at', t, 'finished_at', t)
 job_ended(k, status)
 record_measures(ARGV[11])
-if err ~= '' then redis.call('HSET', k, 'error', err) end
-if result ~= '' then redis.call('HSET', k, 'result', result) end
+if err ~= '' then hset(k, 'error', err) end
+if result ~= '' then hset(k, 'result', result) end
 charge(hget(k, 'owner'), #err + #result, window, t)
 redis.call('ZREM', RUNNING, job_id)
 drop_entry(id, hget(k, 'entry_id'))
@@ -23,7 +23,7 @@ finish_keys(job_id, retention)
 local b = board_key(id)
 if event ~= '' then transition(id, event, t) end
 clear_current_job(id, job_id)
-if health ~= '' then redis.call('HSET', b, 'health_checked_by', wid) end
+if health ~= '' then hset(b, 'health_checked_by', wid) end
 if health ~= '' and hget(b, 'health') ~= 'maintenance' then
   set_health(id, health, reason, t)
 end

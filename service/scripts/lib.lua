@@ -4,13 +4,25 @@
 local TRANSITIONS = @TRANSITIONS@
 local LAYOUT = @LAYOUT@
 
+-- Each key template split around its '{id}' (service/lua.py): a key is two
+-- concatenations.
+local KEY_PARTS = @KEY_PARTS@
+
 local function key(kind, thing)
-  return (string.gsub(LAYOUT[kind], '{id}', function() return tostring(thing) end))
+  local parts = KEY_PARTS[kind]
+  return parts[1] .. tostring(thing) .. parts[2]
 end
 
+-- The server's time, read once per call: every change of one atomic step, and each of
+-- its events, has the same time.
+local clock
+
 local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return clock
 end
 
 local function board_key(id) return key('board', id) end
@@ -33,10 +45,46 @@ local FREE = LAYOUT.free
 local POOLS = LAYOUT.pools
 local FAIR = LAYOUT.fair
 
+-- Hash fields read in this call (key -> field -> value, false: none), so that a field
+-- the scripts ask for again (a board's state, a job's owner) costs no command. Every
+-- change of a hash a script reads goes through hset/hdel below, which keep it true; a
+-- number written is read again (Redis formats it), a string is known.
+local cached = {}
+
 local function hget(key, field)
-  local v = redis.call('HGET', key, field)
+  local fields = cached[key]
+  if not fields then
+    fields = {}
+    cached[key] = fields
+  end
+  local v = fields[field]
+  if v == nil then
+    v = redis.call('HGET', key, field)
+    fields[field] = v
+  end
   if v == false then return nil end
   return v
+end
+
+local function hset(key, ...)
+  redis.call('HSET', key, ...)
+  local fields = cached[key]
+  if fields then
+    local args = {...}
+    for i = 1, #args, 2 do
+      local value = args[i + 1]
+      local field = tostring(args[i])
+      if type(value) == 'string' then fields[field] = value else fields[field] = nil end
+    end
+  end
+end
+
+local function hdel(key, ...)
+  redis.call('HDEL', key, ...)
+  local fields = cached[key]
+  if fields then
+    for _, field in ipairs({...}) do fields[tostring(field)] = false end
+  end
 end
 
 -- One bulk read (`command`: MGET, or HMGET of hash `key`) of `name(item)` for each of
@@ -122,7 +170,7 @@ local function ok(value)
 end
 
 local function set_current_job(id, job_id)
-  redis.call('HSET', board_key(id), 'current_job_id', job_id)
+  hset(board_key(id), 'current_job_id', job_id)
   board_event(id, {current_job_id = job_id})
 end
 
@@ -130,7 +178,7 @@ end
 local function clear_current_job(id, job_id)
   local current = hget(board_key(id), 'current_job_id')
   if current and (job_id == nil or current == job_id) then
-    redis.call('HDEL', board_key(id), 'current_job_id')
+    hdel(board_key(id), 'current_job_id')
     board_event(id, {current_job_id = cjson.null})
   end
 end
@@ -150,7 +198,7 @@ end
 local function set_health(id, health, reason, t)
   local b = board_key(id)
   local changed = hget(b, 'health') ~= health or (hget(b, 'health_reason') or '') ~= reason
-  redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+  hset(b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
   if changed then board_event(id, {health = health, health_reason = reason}) end
   refresh_free(id)
 end
@@ -160,15 +208,15 @@ end
 local function note_turnaround(id, state, target, t)
   local b = board_key(id)
   if state == 'idle' and target ~= 'idle' then
-    redis.call('HSET', b, 'busy_since', t)
+    hset(b, 'busy_since', t)
   elseif target == 'idle' then
     local since = tonumber(hget(b, 'busy_since') or '')
     if since then
       local seconds = t - since
       local average = tonumber(redis.call('HGET', FAIR, 'turnaround') or '')
       if average then seconds = average + (seconds - average) / 5 end
-      redis.call('HSET', FAIR, 'turnaround', seconds)
-      redis.call('HDEL', b, 'busy_since')
+      hset(FAIR, 'turnaround', seconds)
+      hdel(b, 'busy_since')
     end
   end
 end
@@ -179,7 +227,7 @@ local function transition(id, event, t)
   local row = TRANSITIONS[state]
   local target = row and row[event]
   if target then
-    redis.call('HSET', board_key(id), 'state', target, 'updated_at', t)
+    hset(board_key(id), 'state', target, 'updated_at', t)
     board_event(id, {state = target, event = event})
     note_turnaround(id, state, target, t)
     refresh_free(id)
@@ -196,7 +244,7 @@ local function open_session(id, owner, sid, t, ttl, max_life)
   local expires, max_expires = t + ttl, t + max_life
   if expires > max_expires then expires = max_expires end
   transition(id, 'submit', t)
-  redis.call('HSET', board_key(id), 'session_id', sid, 'session_owner', owner,
+  hset(board_key(id), 'session_id', sid, 'session_owner', owner,
     'session_created_at', t, 'session_expires_at', expires, 'session_max_expires_at', max_expires)
   board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
   redis.call('SADD', key('caller_boards', owner), id)
@@ -208,7 +256,7 @@ local function close_session(id)
   local owner = hget(board_key(id), 'session_owner')
   if owner then redis.call('SREM', key('caller_boards', owner), id) end
   if hget(board_key(id), 'session_id') then board_event(id, {session = 'ended'}) end
-  redis.call('HDEL', board_key(id), unpack(SESSION_FIELDS))
+  hdel(board_key(id), unpack(SESSION_FIELDS))
   redis.call('ZREM', EXPIRY, id)
 end
 
@@ -237,12 +285,12 @@ end
 
 local function new_job(job_id, id, jtype, owner, session_id, t, extra)
   local k = job_key(job_id)
-  redis.call('HSET', k, 'job_id', job_id, 'fpga_id', id, 'type', jtype,
+  hset(k, 'job_id', job_id, 'fpga_id', id, 'type', jtype,
     'status', 'queued', 'owner', owner, 'created_at', t, 'updated_at', t)
-  if session_id and session_id ~= '' then redis.call('HSET', k, 'session_id', session_id) end
-  for field, value in pairs(extra) do redis.call('HSET', k, field, value) end
+  if session_id and session_id ~= '' then hset(k, 'session_id', session_id) end
+  for field, value in pairs(extra) do hset(k, field, value) end
   local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
-  redis.call('HSET', k, 'entry_id', entry)
+  hset(k, 'entry_id', entry)
   redis.call('SADD', queued_key(id), job_id)
   redis.call('SADD', caller_queued_key(owner), job_id)
   job_event(job_id, id, 'queued')
@@ -338,7 +386,7 @@ end
 
 local function cancel_job(job_id, id, reason, t, retention)
   local k = job_key(job_id)
-  redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
+  hset(k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
   unqueue(job_id, id)
   drop_entry(id, hget(k, 'entry_id'))
   finish_keys(job_id, retention)
@@ -411,7 +459,7 @@ local function charge(owner, bytes, window, t)
   redis.call('EXPIRE', k, math.ceil(window + slot_len))
   if redis.call('HLEN', k) > BUDGET_SLOTS then
     for _, field in ipairs(redis.call('HKEYS', k)) do
-      if tonumber(field) <= slot - BUDGET_SLOTS then redis.call('HDEL', k, field) end
+      if tonumber(field) <= slot - BUDGET_SLOTS then hdel(k, field) end
     end
   end
 end
@@ -589,15 +637,15 @@ local function place(job_id, id, t)
     redis.call('SREM', caller_waiting_key(owner), job_id)
     local round = tonumber(hget(k, 'pool_round'))
     if round > (tonumber(redis.call('HGET', FAIR, 'served') or '0')) then
-      redis.call('HSET', FAIR, 'served', round)
+      hset(FAIR, 'served', round)
     end
   end
   open_session(id, owner, hget(k, 'session_id'), t, tonumber(hget(k, 'session_ttl')),
     tonumber(hget(k, 'session_max_lifetime')))
   set_current_job(id, job_id)
   local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
-  redis.call('HSET', k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
-  redis.call('HDEL', k, 'pool_member')
+  hset(k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
+  hdel(k, 'pool_member')
   redis.call('SADD', queued_key(id), job_id)
   job_event(job_id, id, 'queued', true)
 end
