@@ -308,7 +308,9 @@ end
 local function finish_keys(job_id, retention)
   redis.call('EXPIRE', job_key(job_id), retention)
   redis.call('EXPIRE', log_key(job_id), retention)
-  redis.call('EXPIRE', design_key(job_id), retention)
+  if hget(job_key(job_id), 'type') == 'build_and_program' then  -- the jobs with a design
+    redis.call('EXPIRE', design_key(job_id), retention)
+  end
 end
 
 -- A job leaves the queue (taken, failed or cancelled): out of the board's and owner's sets.
@@ -455,7 +457,9 @@ local function charge(owner, bytes, window, t)
   local slot_len = window / BUDGET_SLOTS
   local slot = math.floor(t / slot_len)
   local k = stored_key(owner)
-  redis.call('HINCRBY', k, slot, bytes)
+  -- The hash must outlive its newest slot's leaving the window: its expiry is set (and
+  -- old slots dropped) when a slot begins; later charges to that slot need neither.
+  if redis.call('HINCRBY', k, slot, bytes) ~= bytes then return end
   redis.call('EXPIRE', k, math.ceil(window + slot_len))
   if redis.call('HLEN', k) > BUDGET_SLOTS then
     for _, field in ipairs(redis.call('HKEYS', k)) do
