@@ -6,10 +6,12 @@ local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local window = tonumber(ARGV[10])
 local k = job_key(job_id)
+preload(k, JOB_FIELDS)
 if hget(k, 'status') ~= 'running' or hget(k, 'worker') ~= wid then
   return ok({stale = true})
 end
 local id = hget(k, 'fpga_id')
+preload(board_key(id), BOARD_FIELDS)
 local t = now()
 hset(k, 'status', status, 'updated_at', t, 'finished_at', t)
 job_ended(k, status)

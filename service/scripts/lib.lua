@@ -87,6 +87,26 @@ local function hdel(key, ...)
   end
 end
 
+-- The fields of hash `key` a script is about to read, in one command (HMGET) instead of
+-- one HGET each: the board and job fields the job scripts read.
+local BOARD_FIELDS = {'state', 'health', 'health_reason', 'current_job_id', 'busy_since',
+                      'session_id', 'session_owner', 'session_expires_at'}
+local JOB_FIELDS = {'status', 'worker', 'fpga_id', 'type', 'owner', 'entry_id', 'created_at',
+                    'pool', 'pool_member', 'pool_round', 'session_id', 'session_ttl',
+                    'session_max_lifetime'}
+
+local function preload(key, names)
+  local fields = cached[key]
+  if not fields then
+    fields = {}
+    cached[key] = fields
+  end
+  local values = redis.call('HMGET', key, unpack(names))
+  for i, name in ipairs(names) do
+    if fields[name] == nil then fields[name] = values[i] end
+  end
+end
+
 -- One bulk read (`command`: MGET, or HMGET of hash `key`) of `name(item)` for each of
 -- `items`, in batches (a Lua call takes only so many arguments): the replies in order.
 local BATCH = 1000
@@ -633,6 +653,7 @@ end
 -- on the board as a submit's is, and it leaves the pool's queue.
 local function place(job_id, id, t)
   local k = job_key(job_id)
+  preload(k, JOB_FIELDS)
   local owner, req = hget(k, 'owner'), hget(k, 'pool')
   local member = hget(k, 'pool_member')
   if member then

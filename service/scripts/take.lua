@@ -14,6 +14,7 @@ elseif holder ~= wid then
   -- pending for the new holder, which adopts it
   return ok({skip = 'lease lost'})
 end
+preload(k, JOB_FIELDS)
 local status = hget(k, 'status')
 if status == 'running' and hget(k, 'worker') == wid then
   -- this worker took it already and lost the answer with its connection: it asks again
@@ -25,6 +26,7 @@ if status ~= 'queued' then
 end
 local t = now()
 local jtype = hget(k, 'type')
+preload(board_key(id), BOARD_FIELDS)
 local state = board_state(id)
 local expected = {build_and_program = 'queued', run = 'reserved', reset = 'resetting'}
 if state ~= expected[jtype] then
