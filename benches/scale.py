@@ -1187,7 +1187,8 @@ def report(small: dict[str, Any], big: dict[str, Any], check: dict[str, Any] | N
 
         return get
 
-    t.row("SINTER in pool_submit (free_board_for), per call", per_call("burst_pool", "sinter"),
+    t.row("SRANDMEMBER in pool_submit (free_board_for), per call",
+          per_call("burst_pool", "srandmember"),
           ".1f", "us")  # fmt: skip
     t.row("the library's cost per call (a no-op FCALL in it, less EVALSHA)",
           lambda r: r["noop"]["library"]["usec_per_call"] - r["noop"]["bare"]["usec_per_call"],

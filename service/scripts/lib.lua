@@ -369,7 +369,8 @@ end
 
 -- Lab-wide counters and histograms for GET /metrics (service/measures.py): one hash,
 -- updated by the call that makes the change counted. A histogram keeps per-bucket counts
--- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf), its sum and count.
+-- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf) and its sum; the
+-- count is the buckets' total (service/measures.py adds them up).
 local METRICS = LAYOUT.metrics
 local BUCKETS = @BUCKETS@
 
@@ -386,7 +387,6 @@ local function observe(name, labels, value)
   end
   local base = name .. '|' .. labels .. '|'
   redis.call('HINCRBY', METRICS, base .. i, 1)
-  redis.call('HINCRBY', METRICS, base .. 'count', 1)
   redis.call('HINCRBYFLOAT', METRICS, base .. 'sum', value)
 end
 
@@ -700,7 +700,7 @@ local function free_board_for(req)
     return #without_denied({id}, denied) == 1 and redis.call('EXISTS', owner_key(id)) == 1
   end
   -- a sample of a small set is all of it, in order: start at a random place in it
-  local start = tonumber(redis.call('TIME')[2])
+  local start = math.floor((now() % 1) * 1000000)  -- the call's microseconds
   local sample = redis.call('SRANDMEMBER', sets[smallest], SAMPLE)
   for i = 1, #sample do
     local id = sample[(start + i) % #sample + 1]
