@@ -150,6 +150,7 @@ class Scripts:
             name: redis.register_script(source(name)) for name in STANDALONE
         }
         self._loading = asyncio.Lock()
+        self._loads = 0  # times the library was sent (see ``load``)
 
     def function(self, name: str) -> str:
         """The name script ``name`` has in Redis (``FCALL``'s)."""
@@ -162,12 +163,13 @@ class Scripts:
         if name in STANDALONE:
             raw = await self._scripts[name](keys=list(keys), args=argv)
             return self.reply(name, raw)
+        loads = self._loads
         try:
             raw = await self._redis.fcall(self.function(name), len(keys), *keys, *argv)
         except ResponseError as exc:
             if not missing(exc):
                 raise
-            await self.load(name)  # a server that lost its functions (a restart)
+            await self.load(name, loads)  # a server that lost its functions (a restart)
             raw = await self._redis.fcall(self.function(name), len(keys), *keys, *argv)
         return self.reply(name, raw)
 
@@ -180,14 +182,18 @@ class Scripts:
         else:
             pipe.fcall(self.function(name), len(keys), *keys, *argv)
 
-    async def load(self, name: str) -> None:
-        """Send the server script ``name``: the library, for all but ``STANDALONE``."""
+    async def load(self, name: str, loads: int | None = None) -> None:
+        """Send the server script ``name``: the library, for all but ``STANDALONE``; with
+        ``loads`` (the count of loads when the caller's call failed), only if no other
+        caller has sent it since: many calls that find it missing at once load it once."""
         if name in STANDALONE:
             script = self._scripts[name]
             await script.registered_client.script_load(script.script)
             return
-        async with self._loading:  # many callers find it missing at once: one load
-            await self._redis.function_load(self._library_text, replace=True)
+        async with self._loading:
+            if loads is None or loads == self._loads:
+                await self._redis.function_load(self._library_text, replace=True)
+                self._loads += 1
 
     def reply(self, name: str, raw: Any) -> Any:
         """Script ``name``'s answer, as ``call`` returns it (or raises it)."""

@@ -21,17 +21,21 @@ ADMIN = Actor("ops", admin=True)
 
 async def test_a_server_that_lost_the_library_is_sent_it_again(store: Store) -> None:
     """After ``FUNCTION FLUSH`` (as after a restart without its data) the next call loads
-    the library and goes through, and so do many calls that find it missing at once;
-    the pipelined submit (``redis_wait_replicas``) is tests/service/test_failover.py's."""
+    the library and goes through, and so do many calls that find it missing at once (one
+    of them loads it); the pipelined submit (``redis_wait_replicas``) is
+    tests/service/test_failover.py's."""
     await store.set_health(0, "check", "good", "")
     await store.redis.function_flush()
     assert await store.redis.function_list() == []
     assert (await store.boards([0]))[0][1]["health"] == "good"
     assert await _libraries(store) == {library(store.settings.event_log_max_entries)[0]}
 
+    await asyncio.gather(*(store.boards([i]) for i in range(10)))  # ten connections open
     await store.redis.function_flush()
+    before = await _loads(store)
     rows = await asyncio.gather(*(store.boards([i]) for i in range(10)))
     assert [r[0][0] for r in rows] == list(range(10))
+    assert await _loads(store) == before + 1  # ten calls found it missing: one load
     await store.redis.function_flush()
     reply = await store.submit(0, ADMIN, "d.py", "x", "sha")
     assert reply["status"] == "queued"
@@ -81,6 +85,12 @@ async def test_a_call_that_failed_half_way_leaves_nothing_for_the_next(store: St
     await store.set_health(1, "maintenance", "maintenance", "")
     events = [json.loads(e["e"]) for _, e in await r.xrange("fpgalab:eventlog", f"({last}", "+")]
     assert [(e["kind"], e["fpga_id"]) for e in events] == [("board", 1)], events
+
+
+async def _loads(store: Store) -> int:
+    """How many FUNCTION LOADs Redis has run."""
+    stats = await store.redis.info("commandstats")
+    return int(stats.get("cmdstat_function|load", {}).get("calls", 0))
 
 
 async def _libraries(store: Store) -> set[str]:
