@@ -163,9 +163,9 @@ def redis_failure(exc: BaseException) -> JSONResponse:
     """The answer to a Redis error, wherever a call met it: ``503 redis_full`` when Redis
     refused a write at its ``maxmemory`` (``noeviction``: it never drops lab state to make
     room), else ``503 redis_unavailable`` (Redis unreachable, or past its deadline,
-    ``FPGALAB_REDIS_TIMEOUT``). A refused script changed nothing: Redis refuses a script at
-    its first write; a command past its deadline was sent, and a stalled Redis may still
-    carry it out once it resumes."""
+    ``FPGALAB_REDIS_TIMEOUT``). A refused script changed nothing: Redis refuses a function
+    that may write before it starts, a plain script at its first write; a command past its
+    deadline was sent, and a stalled Redis may still carry it out once it resumes."""
     if isinstance(exc, OutOfMemoryError):
         log.warning("redis is full (maxmemory): a change was refused")
         return JSONResponse(

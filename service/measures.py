@@ -10,8 +10,9 @@ restart would reset them, and the API never sees a job end).
 
 A field of the hash is ``NAME|LABEL VALUES`` (a counter; label values comma-separated),
 or ``NAME|LABEL VALUES|PART`` (a histogram): PART is the bucket's index, counting from 1
-(``len(DURATION_BUCKETS) + 1`` is ``+Inf``), ``sum`` or ``count``. A bucket counts the
-observations that fell in it alone; the scrape makes them cumulative.
+(``len(DURATION_BUCKETS) + 1`` is ``+Inf``), or ``sum``. A bucket counts the
+observations that fell in it alone; the scrape makes them cumulative, and their total
+is the count (a ``count`` part, which earlier versions wrote, is not read).
 
 Like the store's ``audit`` and ``rate_limiter``, ``read_lab`` reads the key layout of
 ``service.keys`` directly (through the store's client), in one pipeline.

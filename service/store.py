@@ -10,6 +10,7 @@ layout of ``service.keys``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import secrets
@@ -30,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fpgalab.service import keys
 from fpgalab.service.audit import AuditLog
 from fpgalab.service.errors import NotFound
-from fpgalab.service.lua import Scripts
+from fpgalab.service.lua import Scripts, missing
 from fpgalab.service.ratelimit import RateLimiter
 from fpgalab.service.settings import SentinelURL, Settings
 from fpgalab.service.states import BoardState, Health
@@ -199,8 +200,7 @@ class Store:
         for fpga_id, flat, worker, entry in replies:
             record = dict(zip(flat[::2], flat[1::2], strict=True))
             if entry:
-                inventory = json.loads(entry)
-                record["platform"], record["tags"] = inventory["platform"], inventory["tags"]
+                record["platform"], record["tags"] = _inventory_entry(entry)
             rows.append((int(fpga_id), record, worker or None))
         return rows
 
@@ -409,9 +409,9 @@ class Store:
             # at most half a deadline, so that the socket's deadline never ends it
             pipe.wait(wanted, int(self.settings.redis_timeout * 500))
             raw, *rest = await pipe.execute(raise_on_error=False)
-            if not isinstance(raw, NoScriptError) or attempt:
+            if not missing(raw) or attempt:
                 break
-            await self.scripts.load(name)  # a server that lost its scripts (a restart)
+            await self.scripts.load(name)  # a server that lost its functions (a restart)
         for answer in (raw, *rest):
             if isinstance(answer, Exception):
                 raise answer
@@ -629,6 +629,14 @@ class Store:
                 "append", job_id, s.max_log_lines, s.storage_budget_window, keys.LOG_NOTICES,
                 *lines[start : start + _APPEND_BATCH],
             )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _inventory_entry(entry: str) -> tuple[str, str]:
+    """A board's inventory entry (JSON) as (platform, tags): a lab's boards share a few
+    entries, each decoded once (GET /fpga of 1,000 boards decoded 1,000)."""
+    inventory = json.loads(entry)
+    return inventory["platform"], inventory["tags"]
 
 
 def _numbered(entries: list[tuple[str, dict[str, str]]]) -> list[tuple[int, str]]:

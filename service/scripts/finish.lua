@@ -7,16 +7,18 @@ local job_id, wid, status, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local err, result, health, reason, retention = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local window = tonumber(ARGV[10])
 local k = job_key(job_id)
+preload(k, JOB_FIELDS)
 if hget(k, 'status') ~= 'running' or hget(k, 'worker') ~= wid then
   return ok({stale = true})
 end
 local id = hget(k, 'fpga_id')
+preload(board_key(id), BOARD_FIELDS)
 local t = now()
-redis.call('HSET', k, 'status', status, 'updated_at', t, 'finished_at', t)
+hset(k, 'status', status, 'updated_at', t, 'finished_at', t)
 job_ended(k, status)
 record_measures(ARGV[11])
-if err ~= '' then redis.call('HSET', k, 'error', err) end
-if result ~= '' then redis.call('HSET', k, 'result', result) end
+if err ~= '' then hset(k, 'error', err) end
+if result ~= '' then hset(k, 'result', result) end
 local waveform = ARGV[12] or ''
 if waveform ~= '' then redis.call('SET', waveform_key(job_id), waveform, 'EX', retention) end
 charge(hget(k, 'owner'), #err + #result + #waveform, window, t)
@@ -26,7 +28,7 @@ finish_keys(job_id, retention)
 local b = board_key(id)
 if event ~= '' then transition(id, event, t) end
 clear_current_job(id, job_id)
-if health ~= '' then redis.call('HSET', b, 'health_checked_by', wid) end
+if health ~= '' then hset(b, 'health_checked_by', wid) end
 if health ~= '' and hget(b, 'health') ~= 'maintenance' then
   set_health(id, health, reason, t)
 end

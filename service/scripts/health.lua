@@ -10,12 +10,12 @@ end
 local b = board_key(id)
 local current = hget(b, 'health') or 'unknown'
 -- checked by this worker, even if maintenance hides the result until an admin's online
-if mode == 'check' then redis.call('HSET', b, 'health_checked_by', wid) end
+if mode == 'check' then hset(b, 'health_checked_by', wid) end
 if mode == 'check' and current == 'maintenance' then return ok({health = current}) end
 if mode == 'online' and current ~= 'maintenance' then return ok({health = current}) end
 local t = now()
 if not hget(b, 'state') then
-  redis.call('HSET', b, 'state', 'idle', 'updated_at', t)
+  hset(b, 'state', 'idle', 'updated_at', t)
   board_event(id, {state = 'idle'})
 end
 set_health(id, health, reason, t)

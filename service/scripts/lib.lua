@@ -1,16 +1,28 @@
--- Shared prelude, prepended to every script by service/lua.py.
+-- The library every script's body runs in (service/lua.py: one Redis Function library).
 -- TRANSITIONS (service/states.py) and the key layout LAYOUT (service/keys.py) are
--- substituted at load time: one truth, read here and in Python.
-local TRANSITIONS = cjson.decode('@TRANSITIONS@')
-local LAYOUT = cjson.decode('@LAYOUT@')
+-- substituted at load time, as Lua tables: one truth, read here and in Python.
+local TRANSITIONS = @TRANSITIONS@
+local LAYOUT = @LAYOUT@
+
+-- Each key template split around its '{id}' (service/lua.py): a key is two
+-- concatenations.
+local KEY_PARTS = @KEY_PARTS@
 
 local function key(kind, thing)
-  return (string.gsub(LAYOUT[kind], '{id}', function() return tostring(thing) end))
+  local parts = KEY_PARTS[kind]
+  return parts[1] .. tostring(thing) .. parts[2]
 end
 
+-- The server's time, read once per call: every change of one atomic step, and each of
+-- its events, has the same time.
+local clock
+
 local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return clock
 end
 
 local function board_key(id) return key('board', id) end
@@ -34,10 +46,80 @@ local FREE = LAYOUT.free
 local POOLS = LAYOUT.pools
 local FAIR = LAYOUT.fair
 
+-- Hash fields read in this call (key -> field -> value, false: none), so that a field
+-- the scripts ask for again (a board's state, a job's owner) costs no command. Every
+-- change of a hash a script reads goes through hset/hdel below, which keep it true; a
+-- number written is read again (Redis formats it), a string is known.
+local cached = {}
+
 local function hget(key, field)
-  local v = redis.call('HGET', key, field)
+  local fields = cached[key]
+  if not fields then
+    fields = {}
+    cached[key] = fields
+  end
+  local v = fields[field]
+  if v == nil then
+    v = redis.call('HGET', key, field)
+    fields[field] = v
+  end
   if v == false then return nil end
   return v
+end
+
+local function hset(key, ...)
+  redis.call('HSET', key, ...)
+  local fields = cached[key]
+  if fields then
+    local args = {...}
+    for i = 1, #args, 2 do
+      local value = args[i + 1]
+      local field = tostring(args[i])
+      if type(value) == 'string' then fields[field] = value else fields[field] = nil end
+    end
+  end
+end
+
+local function hdel(key, ...)
+  redis.call('HDEL', key, ...)
+  local fields = cached[key]
+  if fields then
+    for _, field in ipairs({...}) do fields[tostring(field)] = false end
+  end
+end
+
+-- The fields of hash `key` a script is about to read, in one command (HMGET) instead of
+-- one HGET each: the board and job fields the job scripts read.
+local BOARD_FIELDS = {'state', 'health', 'health_reason', 'current_job_id', 'busy_since',
+                      'session_id', 'session_owner', 'session_expires_at'}
+local JOB_FIELDS = {'status', 'worker', 'fpga_id', 'type', 'owner', 'entry_id', 'created_at',
+                    'pool', 'pool_member', 'pool_round', 'session_id', 'session_ttl',
+                    'session_max_lifetime'}
+
+local function preload(key, names)
+  local fields = cached[key]
+  if not fields then
+    fields = {}
+    cached[key] = fields
+  end
+  local values = redis.call('HMGET', key, unpack(names))
+  for i, name in ipairs(names) do
+    if fields[name] == nil then fields[name] = values[i] end
+  end
+end
+
+-- One bulk read (`command`: MGET, or HMGET of hash `key`) of `name(item)` for each of
+-- `items`, in batches (a Lua call takes only so many arguments): the replies in order.
+local BATCH = 1000
+local function in_batches(command, items, name, key)
+  local out = {}
+  for first = 1, #items, BATCH do
+    local args = {}
+    if key then args[1] = key end
+    for i = first, math.min(first + BATCH - 1, #items) do args[#args + 1] = name(items[i]) end
+    for _, value in ipairs(redis.call(command, unpack(args))) do out[#out + 1] = value end
+  end
+  return out
 end
 
 local function board_state(id)
@@ -109,7 +191,7 @@ local function ok(value)
 end
 
 local function set_current_job(id, job_id)
-  redis.call('HSET', board_key(id), 'current_job_id', job_id)
+  hset(board_key(id), 'current_job_id', job_id)
   board_event(id, {current_job_id = job_id})
 end
 
@@ -117,7 +199,7 @@ end
 local function clear_current_job(id, job_id)
   local current = hget(board_key(id), 'current_job_id')
   if current and (job_id == nil or current == job_id) then
-    redis.call('HDEL', board_key(id), 'current_job_id')
+    hdel(board_key(id), 'current_job_id')
     board_event(id, {current_job_id = cjson.null})
   end
 end
@@ -137,7 +219,7 @@ end
 local function set_health(id, health, reason, t)
   local b = board_key(id)
   local changed = hget(b, 'health') ~= health or (hget(b, 'health_reason') or '') ~= reason
-  redis.call('HSET', b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
+  hset(b, 'health', health, 'health_reason', reason, 'health_checked_at', t)
   if changed then board_event(id, {health = health, health_reason = reason}) end
   refresh_free(id)
 end
@@ -147,15 +229,15 @@ end
 local function note_turnaround(id, state, target, t)
   local b = board_key(id)
   if state == 'idle' and target ~= 'idle' then
-    redis.call('HSET', b, 'busy_since', t)
+    hset(b, 'busy_since', t)
   elseif target == 'idle' then
     local since = tonumber(hget(b, 'busy_since') or '')
     if since then
       local seconds = t - since
       local average = tonumber(redis.call('HGET', FAIR, 'turnaround') or '')
       if average then seconds = average + (seconds - average) / 5 end
-      redis.call('HSET', FAIR, 'turnaround', seconds)
-      redis.call('HDEL', b, 'busy_since')
+      hset(FAIR, 'turnaround', seconds)
+      hdel(b, 'busy_since')
     end
   end
 end
@@ -166,7 +248,7 @@ local function transition(id, event, t)
   local row = TRANSITIONS[state]
   local target = row and row[event]
   if target then
-    redis.call('HSET', board_key(id), 'state', target, 'updated_at', t)
+    hset(board_key(id), 'state', target, 'updated_at', t)
     board_event(id, {state = target, event = event})
     note_turnaround(id, state, target, t)
     refresh_free(id)
@@ -183,7 +265,7 @@ local function open_session(id, owner, sid, t, ttl, max_life)
   local expires, max_expires = t + ttl, t + max_life
   if expires > max_expires then expires = max_expires end
   transition(id, 'submit', t)
-  redis.call('HSET', board_key(id), 'session_id', sid, 'session_owner', owner,
+  hset(board_key(id), 'session_id', sid, 'session_owner', owner,
     'session_created_at', t, 'session_expires_at', expires, 'session_max_expires_at', max_expires)
   board_event(id, {session = 'opened', session_owner = owner, session_expires_at = expires})
   redis.call('SADD', key('caller_boards', owner), id)
@@ -195,7 +277,7 @@ local function close_session(id)
   local owner = hget(board_key(id), 'session_owner')
   if owner then redis.call('SREM', key('caller_boards', owner), id) end
   if hget(board_key(id), 'session_id') then board_event(id, {session = 'ended'}) end
-  redis.call('HDEL', board_key(id), unpack(SESSION_FIELDS))
+  hdel(board_key(id), unpack(SESSION_FIELDS))
   redis.call('ZREM', EXPIRY, id)
 end
 
@@ -224,12 +306,12 @@ end
 
 local function new_job(job_id, id, jtype, owner, session_id, t, extra)
   local k = job_key(job_id)
-  redis.call('HSET', k, 'job_id', job_id, 'fpga_id', id, 'type', jtype,
+  hset(k, 'job_id', job_id, 'fpga_id', id, 'type', jtype,
     'status', 'queued', 'owner', owner, 'created_at', t, 'updated_at', t)
-  if session_id and session_id ~= '' then redis.call('HSET', k, 'session_id', session_id) end
-  for field, value in pairs(extra) do redis.call('HSET', k, field, value) end
+  if session_id and session_id ~= '' then hset(k, 'session_id', session_id) end
+  for field, value in pairs(extra) do hset(k, field, value) end
   local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
-  redis.call('HSET', k, 'entry_id', entry)
+  hset(k, 'entry_id', entry)
   redis.call('SADD', queued_key(id), job_id)
   redis.call('SADD', caller_queued_key(owner), job_id)
   job_event(job_id, id, 'queued')
@@ -247,7 +329,9 @@ end
 local function finish_keys(job_id, retention)
   redis.call('EXPIRE', job_key(job_id), retention)
   redis.call('EXPIRE', log_key(job_id), retention)
-  redis.call('EXPIRE', design_key(job_id), retention)
+  if hget(job_key(job_id), 'type') == 'build_and_program' then  -- the jobs with a design
+    redis.call('EXPIRE', design_key(job_id), retention)
+  end
 end
 
 -- A job leaves the queue (taken, failed or cancelled): out of the board's and owner's sets.
@@ -286,9 +370,10 @@ end
 
 -- Lab-wide counters and histograms for GET /metrics (service/measures.py): one hash,
 -- updated by the call that makes the change counted. A histogram keeps per-bucket counts
--- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf), its sum and count.
+-- (bucket i: the first bound >= the value; #BUCKETS + 1 is +Inf) and its sum; the
+-- count is the buckets' total (service/measures.py adds them up).
 local METRICS = LAYOUT.metrics
-local BUCKETS = cjson.decode('@BUCKETS@')
+local BUCKETS = @BUCKETS@
 
 local function count(field)
   redis.call('HINCRBY', METRICS, field, 1)
@@ -303,7 +388,6 @@ local function observe(name, labels, value)
   end
   local base = name .. '|' .. labels .. '|'
   redis.call('HINCRBY', METRICS, base .. i, 1)
-  redis.call('HINCRBY', METRICS, base .. 'count', 1)
   redis.call('HINCRBYFLOAT', METRICS, base .. 'sum', value)
 end
 
@@ -325,7 +409,7 @@ end
 
 local function cancel_job(job_id, id, reason, t, retention)
   local k = job_key(job_id)
-  redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
+  hset(k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t, 'error', reason)
   unqueue(job_id, id)
   drop_entry(id, hget(k, 'entry_id'))
   finish_keys(job_id, retention)
@@ -394,11 +478,13 @@ local function charge(owner, bytes, window, t)
   local slot_len = window / BUDGET_SLOTS
   local slot = math.floor(t / slot_len)
   local k = stored_key(owner)
-  redis.call('HINCRBY', k, slot, bytes)
+  -- The hash must outlive its newest slot's leaving the window: its expiry is set (and
+  -- old slots dropped) when a slot begins; later charges to that slot need neither.
+  if redis.call('HINCRBY', k, slot, bytes) ~= bytes then return end
   redis.call('EXPIRE', k, math.ceil(window + slot_len))
   if redis.call('HLEN', k) > BUDGET_SLOTS then
     for _, field in ipairs(redis.call('HKEYS', k)) do
-      if tonumber(field) <= slot - BUDGET_SLOTS then redis.call('HDEL', k, field) end
+      if tonumber(field) <= slot - BUDGET_SLOTS then hdel(k, field) end
     end
   end
 end
@@ -496,12 +582,8 @@ local function req_sets(req, first)
   return sets
 end
 
--- Board ids meeting `req`, of the boards of set `first` (the inventory's ids if nil).
-local function boards_meeting(req, first)
-  if first then
-    local _, _, denied = split_req(req)
-    return without_denied(redis.call('SINTER', unpack(req_sets(req, first))), denied)
-  end
+-- Board ids of the inventory meeting `req`, read one by one.
+local function boards_meeting(req)
   local ids = {}
   for _, id in ipairs(redis.call('HKEYS', INVENTORY)) do
     local entry = cjson.decode(redis.call('HGET', INVENTORY, id))
@@ -559,7 +641,7 @@ local function never_met(req)
   end
   local missing, of = {}, (platform ~= '' and (platform .. ' ') or '')
   for tag in string.gmatch(tags, '[^,]+') do
-    if #boards_meeting(platform .. '|' .. tag, nil) == 0 then missing[#missing + 1] = tag end
+    if #boards_meeting(platform .. '|' .. tag) == 0 then missing[#missing + 1] = tag end
   end
   if #missing > 0 then
     return 'no ' .. of .. 'board has the tag' .. (#missing > 1 and 's ' or ' ') ..
@@ -572,6 +654,7 @@ end
 -- on the board as a submit's is, and it leaves the pool's queue.
 local function place(job_id, id, t)
   local k = job_key(job_id)
+  preload(k, JOB_FIELDS)
   local owner, req = hget(k, 'owner'), hget(k, 'pool')
   local member = hget(k, 'pool_member')
   if member then
@@ -580,28 +663,57 @@ local function place(job_id, id, t)
     redis.call('SREM', caller_waiting_key(owner), job_id)
     local round = tonumber(hget(k, 'pool_round'))
     if round > (tonumber(redis.call('HGET', FAIR, 'served') or '0')) then
-      redis.call('HSET', FAIR, 'served', round)
+      hset(FAIR, 'served', round)
     end
   end
   open_session(id, owner, hget(k, 'session_id'), t, tonumber(hget(k, 'session_ttl')),
     tonumber(hget(k, 'session_max_lifetime')))
   set_current_job(id, job_id)
   local entry = redis.call('XADD', queue_key(id), '*', 'job_id', job_id)
-  redis.call('HSET', k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
-  redis.call('HDEL', k, 'pool_member')
+  hset(k, 'fpga_id', id, 'entry_id', entry, 'placed_at', t, 'updated_at', t)
+  hdel(k, 'pool_member')
   redis.call('SADD', queued_key(id), job_id)
   job_event(job_id, id, 'queued', true)
 end
 
--- The free board, served by a live worker, that job `req` can take now: the lowest id.
+-- How many members of its smallest index a pool submit looks at before it reads the
+-- whole intersection (only when none of them fits: few of the free boards meet it).
+local SAMPLE = 16
+
+-- The free board, served by a live worker, that job `req` can take now: one at random
+-- of those that fit, so that pool jobs spread over the lab's boards and its workers
+-- (the lowest id first would pile them onto one worker). A random sample of the smallest
+-- of the sets whose intersection is the answer (the free boards, the platform's, each
+-- tag's), each checked against the others: a few commands however many boards are free.
 local function free_board_for(req)
-  local ids = boards_meeting(req, FREE)
-  local best
-  for _, id in ipairs(ids) do
-    local n = tonumber(id)
-    if (not best or n < best) and redis.call('EXISTS', owner_key(id)) == 1 then best = n end
+  local _, _, denied = split_req(req)
+  local sets = req_sets(req, FREE)
+  local smallest, size = 1, nil
+  for i, set in ipairs(sets) do
+    local n = redis.call('SCARD', set)
+    if n == 0 then return nil end
+    if not size or n < size then smallest, size = i, n end
   end
-  return best
+  local function fits(id)
+    for i, set in ipairs(sets) do
+      if i ~= smallest and redis.call('SISMEMBER', set, id) == 0 then return false end
+    end
+    return #without_denied({id}, denied) == 1 and redis.call('EXISTS', owner_key(id)) == 1
+  end
+  -- a sample of a small set is all of it, in order: start at a random place in it
+  local start = math.floor((now() % 1) * 1000000)  -- the call's microseconds
+  local sample = redis.call('SRANDMEMBER', sets[smallest], SAMPLE)
+  for i = 1, #sample do
+    local id = sample[(start + i) % #sample + 1]
+    if fits(id) then return tonumber(id) end
+  end
+  if size <= SAMPLE then return nil end  -- the sample was the whole set
+  local ids = without_denied(redis.call('SINTER', unpack(sets)), denied)
+  for i = 1, #ids do
+    local id = ids[(start + i) % #ids + 1]
+    if redis.call('EXISTS', owner_key(id)) == 1 then return tonumber(id) end
+  end
+  return nil
 end
 
 try_place_board = function(id, t)

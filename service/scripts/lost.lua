@@ -9,7 +9,7 @@ end
 if hget(k, 'worker') ~= wid then return ok({lost = false}) end
 local id = hget(k, 'fpga_id')
 local t = now()
-redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t, 'error', message)
+hset(k, 'status', 'failed', 'updated_at', t, 'finished_at', t, 'error', message)
 job_ended(k, 'lost')
 redis.call('ZREM', RUNNING, job_id)
 drop_entry(id, hget(k, 'entry_id'))

@@ -22,9 +22,9 @@ if redis.call('ZCARD', pool_key(req)) == 0 then redis.call('SREM', POOLS, req) e
 redis.call('SREM', caller_waiting_key(owner), job_id)
 redis.call('SREM', caller_queued_key(owner), job_id)
 local t = now()
-redis.call('HSET', k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t,
+hset(k, 'status', 'cancelled', 'updated_at', t, 'finished_at', t,
   'error', 'cancelled before a board took it')
-redis.call('HDEL', k, 'pool_member')
+hdel(k, 'pool_member')
 finish_keys(job_id, retention)
 job_ended(k, 'cancelled')
 job_event(job_id, nil, 'cancelled')

@@ -45,7 +45,7 @@ end
 
 local k = job_key(job_id)
 local platform, tags = split_req(req)
-redis.call('HSET', k, 'job_id', job_id, 'type', 'build_and_program', 'status', 'queued',
+hset(k, 'job_id', job_id, 'type', 'build_and_program', 'status', 'queued',
   'owner', owner, 'session_id', sid, 'created_at', t, 'updated_at', t,
   'filename', filename, 'design_size', #design, 'design_sha256', sha,
   'pool', req, 'platform', platform, 'tags', tags, 'priority', priority,
@@ -66,12 +66,12 @@ else
   local served = tonumber(redis.call('HGET', FAIR, 'served') or '0')
   local last = tonumber(redis.call('HGET', FAIR, 'c:' .. owner) or '0')
   local round = math.max(served, last) + 1
-  redis.call('HSET', FAIR, 'c:' .. owner, round)
+  hset(FAIR, 'c:' .. owner, round)
   local member = string.format('%012d:%s', seq, job_id)
   redis.call('ZADD', pool_key(req), (100 - priority) * 4294967296 + round, member)
   redis.call('SADD', POOLS, req)
   redis.call('SADD', caller_waiting_key(owner), job_id)
-  redis.call('HSET', k, 'pool_member', member, 'pool_round', round)
+  hset(k, 'pool_member', member, 'pool_round', round)
   response.queue_position = redis.call('ZRANK', pool_key(req), member)
   job_event(job_id, nil, 'queued')
 end

@@ -14,11 +14,11 @@ for i = 1, #ARGV, 3 do
       redis.call('SREM', key('platform', was.platform), id)
       for tag in string.gmatch(was.tags, '[^,]+') do redis.call('SREM', key('tag', tag), id) end
     end
-    redis.call('HSET', INVENTORY, id, entry)
+    hset(INVENTORY, id, entry)
     redis.call('SADD', key('platform', platform), id)
     for tag in string.gmatch(tags, '[^,]+') do redis.call('SADD', key('tag', tag), id) end
     if not redis.call('HGET', board_key(id), 'state') then
-      redis.call('HSET', board_key(id), 'state', 'idle', 'updated_at', now())
+      hset(board_key(id), 'state', 'idle', 'updated_at', now())
     end
     board_event(id, {platform = platform, tags = tags})
     registered = registered + 1

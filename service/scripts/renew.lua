@@ -23,7 +23,7 @@ if current >= limit then
     ' has reached its maximum lifetime and cannot be extended.')
 end
 if wanted <= current then return ok({expires_at = current}) end  -- never shortens
-redis.call('HSET', b, 'session_expires_at', wanted)
+hset(b, 'session_expires_at', wanted)
 redis.call('ZADD', EXPIRY, wanted, id)
 board_event(id, {session = 'renewed', session_expires_at = wanted})
 return ok({expires_at = wanted})

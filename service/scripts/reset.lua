@@ -5,6 +5,7 @@
 local id, job_id, caller, admin, header = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local mode, retention = ARGV[6], tonumber(ARGV[7])
 local b = board_key(id)
+preload(b, BOARD_FIELDS)
 local sid = hget(b, 'session_id')
 local state = board_state(id)
 local t = now()

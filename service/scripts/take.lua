@@ -14,6 +14,7 @@ elseif holder ~= wid then
   -- pending for the new holder, which adopts it
   return ok({skip = 'lease lost'})
 end
+preload(k, JOB_FIELDS)
 local status = hget(k, 'status')
 if status == 'running' and hget(k, 'worker') == wid then
   -- this worker took it already and lost the answer with its connection: it asks again
@@ -25,11 +26,12 @@ if status ~= 'queued' then
 end
 local t = now()
 local jtype = hget(k, 'type')
+preload(board_key(id), BOARD_FIELDS)
 local state = board_state(id)
 local expected = {build_and_program = 'queued', run = 'reserved', reset = 'resetting'}
 if state ~= expected[jtype] then
   -- e.g. runs queued behind a run that faulted the board
-  redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
+  hset(k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
     'error', 'FPGA ' .. id .. ' is ' .. state .. ' and can no longer run this job.')
   unqueue(job_id, id)
   drop_entry(id, entry)
@@ -43,7 +45,7 @@ if jtype == 'build_and_program' and hget(board_key(id), 'health') == 'bad' then
   -- the build fails before it starts, the board is free again (out of service)
   local reason = hget(board_key(id), 'health_reason') or ''
   if reason ~= '' then reason = ' (' .. reason .. ')' end
-  redis.call('HSET', k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
+  hset(k, 'status', 'failed', 'updated_at', t, 'finished_at', t,
     'error', 'FPGA ' .. id .. ' failed its health check before the build began' .. reason ..
     '; the session is closed.')
   unqueue(job_id, id)
@@ -56,7 +58,7 @@ if jtype == 'build_and_program' and hget(board_key(id), 'health') == 'bad' then
   job_event(job_id, id, 'failed')
   return ok({skip = 'board failed its health check'})
 end
-redis.call('HSET', k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
+hset(k, 'status', 'running', 'updated_at', t, 'started_at', t, 'worker', wid)
 observe('queue_wait', jtype, t - (tonumber(hget(k, 'created_at')) or t))
 unqueue(job_id, id)
 redis.call('ZADD', RUNNING, t, job_id)

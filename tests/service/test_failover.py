@@ -370,8 +370,8 @@ async def test_a_replica_that_does_not_confirm_makes_the_answer_a_503(
 
 async def test_a_primary_without_the_scripts_loads_them_and_waits(tmp_path: Path) -> None:
     """Waiting for a replica, a job is accepted by a primary that lacks the lab's scripts
-    (a replica promoted by a failover: ``SCRIPT LOAD`` is not replicated): loaded, run
-    once, and confirmed by the replica."""
+    (a replica promoted by a failover before the library reached it, or one restarted
+    without its data): loaded, run once, and confirmed by the replica."""
     primary = RedisServer(tmp_path / "primary").start()
     replica = RedisServer(tmp_path / "replica").start()
     try:
@@ -380,6 +380,7 @@ async def test_a_primary_without_the_scripts_loads_them_and_waits(tmp_path: Path
         store = Store.from_url(primary.url, lab_settings(primary.url, tmp_path))
         try:
             await store.redis.script_flush()
+            await store.redis.function_flush()
             reply = await store.submit(0, Actor("alice", admin=True), "d.py", "x", "sha", "k")
             assert reply["status"] == "queued", reply
             assert len(await jobs_in_redis(store)) == 1

@@ -13,7 +13,7 @@ import pytest
 from fpgalab.backends import Build, Design, LogFn
 from fpgalab.service import keys
 from fpgalab.service.settings import Settings
-from fpgalab.service.store import Store
+from fpgalab.service.store import Actor, Store
 from tests.conftest import WorkerFactory
 from tests.fakes import FakeBackend
 from tests.helpers import assert_error, board, reserve, serve, submit, wait_job
@@ -168,3 +168,28 @@ async def test_boards_past_the_first_ten_count_toward_the_limit(
     release = await client.post("/fpga/13/session/release", headers=ALICE)
     await wait_job(client, 13, release.json()["job_id"], headers=ALICE)
     assert (await submit(client, 0, headers=ALICE)).status_code == 202
+
+
+async def test_a_callers_count_lives_as_long_as_its_newest_slot(
+    store: Store, settings: Settings
+) -> None:
+    """The stored-bytes hash is given its expiry when a slot of the window begins (the
+    window's length plus a slot's); charges to that slot count without renewing it; one
+    in the next slot renews it."""
+    s = settings.model_copy(update={"storage_budget_window": 24})  # slots of 1 s
+    lab = Store.from_url(settings.redis_url or "", s)
+    k = keys.caller_stored("alice")
+    try:
+        start = await lab.redis.time()
+        job = await lab.submit(0, Actor("alice"), "d.py", "x" * 100, "sha")
+        assert 0 < await lab.redis.ttl(k) <= 25
+        await lab.redis.expire(k, 100)  # marked: a later charge in this slot keeps it
+        await lab.append_logs(job["job_id"], ["a line"])
+        if (await lab.redis.time())[0] == start[0]:  # still the same slot (second)
+            assert await lab.redis.ttl(k) > 25
+        await asyncio.sleep(1.1)
+        await lab.append_logs(job["job_id"], ["another"])
+        assert 0 < await lab.redis.ttl(k) <= 25
+        assert await stored(lab, "alice") == 100 + len("a line") + len("another")
+    finally:
+        await lab.close()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fpgalab.service.lua import source
+from fpgalab.service.lua import library, lua_literal, source
 from fpgalab.service.settings import Settings
 from fpgalab.service.states import (
     TRANSITIONS,
@@ -136,11 +136,14 @@ def test_transitions_json_round_trips() -> None:
 
 
 def test_lua_prelude_carries_the_table() -> None:
-    """Every state-changing script is loaded with the current table substituted in."""
+    """Every state-changing script is loaded with the current table substituted in, as a
+    Lua table: alone (``EVAL``) and in the library (``FUNCTION LOAD``)."""
+    table = f"local TRANSITIONS = {lua_literal(json.loads(transitions_json()))}\n"
     for name in ("submit", "cancel", "take", "finish", "lost", "reset"):
         text = source(name)
         assert "@TRANSITIONS@" not in text
-        assert f"cjson.decode('{transitions_json()}')" in text
+        assert table in text
+    assert table in library()[1] and "@" not in library()[1]
 
 
 def _markdown_table(section: str) -> list[list[str]]:
