@@ -219,7 +219,8 @@ function showJob(fpgaId, jobId) {
     source.close();
     let status = "";
     try { status = JSON.parse(message.data).status; } catch { /* a line of text */ }
-    $("log-state").textContent = status ? `(ended: ${status})` : "(ended)";
+    const none = $("log").childNodes.length ? "" : ", no lines";
+    $("log-state").textContent = status ? `(ended: ${status}${none})` : `(ended${none})`;
     showJobFields(fpgaId, jobId).catch(() => {});
   });
   source.onerror = () => { if (source.readyState !== EventSource.CLOSED) $("log-state").textContent = "(reconnecting…)"; };
