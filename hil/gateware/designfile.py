@@ -143,7 +143,16 @@ _DECLARATION = re.compile(
     r"(\[[^\]]*\])?([^;()]*?)(?=\b(?:input|output|inout)\b|[;)]|$)",
     re.S,
 )
-_RANGE = re.compile(r"\[\s*(\d+)\s*:\s*(\d+)\s*\]")
+#: A width in plain numbers; a bound longer than this is no width a probe can have (and
+#: Python refuses to read an integer of thousands of digits).
+_RANGE = re.compile(r"\[\s*(\d{1,6})\s*:\s*(\d{1,6})\s*\]")
+#: What of the file a message may repeat as it is; anything else is shown escaped and cut.
+_PLAIN = re.compile(r"[\w$\[\]:+\-* ]{1,64}")
+
+
+def _shown(text: str) -> str:
+    """The user's text for a message: as written if plain, else escaped and cut."""
+    return text if _PLAIN.fullmatch(text) else ascii(text[:40])
 
 
 def verilog_probes(filename: str, text: str) -> dict[str, int]:
@@ -159,14 +168,15 @@ def verilog_probes(filename: str, text: str) -> dict[str, int]:
             if not port.startswith(PROBE_PREFIX):
                 continue
             if direction != "output":
-                raise DesignLoadError(f"{filename}: probe port {port} must be an output")
+                raise DesignLoadError(f"{filename}: probe port {_shown(port)} must be an output")
             if bounds is None:
                 width = 1
             elif fixed := _RANGE.fullmatch(bounds.strip()):
                 width = abs(int(fixed[1]) - int(fixed[2])) + 1
             else:
                 raise DesignLoadError(
-                    f"{filename}: probe port {port} has the width {bounds.strip()}: "
+                    f"{filename}: probe port {_shown(port)} has the width "
+                    f"{_shown(bounds.strip())}: "
                     "give a probe's width in numbers, as in [7:0]"
                 )
             probes[port[len(PROBE_PREFIX) :]] = width

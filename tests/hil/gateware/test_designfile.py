@@ -80,3 +80,20 @@ def test_verilog_probes_break_the_rules(ports: str, message: str) -> None:
     source = f"module user_design({PORTS}, {ports}); endmodule".encode()
     with pytest.raises(DesignLoadError, match=message):
         check("d.v", source)
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ("output [" + "9" * 5000 + ":0] probe_big", "probe port probe_big has the width '\\["),
+        ("output [99999:0] probe_wide", "100000 bits in all: at most 64"),
+        ("input probe_\x1b[2J" + "x" * 5000, r"probe port 'probe_\\x1b\[2Jxxx"),
+    ],
+)
+def test_hostile_probe_ports_get_a_plain_answer(ports: str, message: str) -> None:
+    """A width of thousands of digits, or a port name with escapes and no end, is refused
+    as a design error (not an exception of the lab's), its text escaped and cut."""
+    source = f"module user_design({PORTS}, {ports}); endmodule".encode()
+    with pytest.raises(DesignLoadError, match=message) as refused:
+        check("d.v", source)
+    assert len(str(refused.value)) < 300 and "\x1b" not in str(refused.value)
