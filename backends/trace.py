@@ -41,13 +41,9 @@ def run_traced(
     memory_map: dict[str, Any] | None,
     txns: Sequence[Transaction],
     request: TraceRequest,
-    *,
-    read: RunFn | None = None,
 ) -> TracedRun:
-    """``txns`` through ``run`` with the analyzer around them. ``read`` runs the analyzer's
-    own accesses where the backend has a faster path for them (default: ``run``). The
-    results stand whatever becomes of the capture."""
-    own = read or run
+    """``txns`` through ``run`` with the analyzer around them (its own accesses through
+    ``run`` too). The results stand whatever becomes of the capture."""
     try:
         layout = scope.scope_layout(memory_map)
         if layout is None:
@@ -56,14 +52,14 @@ def run_traced(
                 "submit the design again to rebuild it)"
             )
         signals = request.signals
-        _words(own, scope.arm(layout, signals), "armed")
+        _words(run, scope.arm(layout, signals), "armed")
     except scope.TraceError as exc:
         return TracedRun(run(txns), error=str(exc))
     results = run(txns)
     try:
         stop = scope.stop(layout)
-        level = _words(own, stop, "stopped")[-1]
-        words = _words(own, scope.readout(layout, level), "read back")
+        level = _words(run, stop, "stopped")[-1]
+        words = _words(run, scope.readout(layout, level), "read back")
         capture = scope.decode(layout, words)
         data = scope.to_vcd(layout, capture, signals)
     except scope.TraceError as exc:
