@@ -6,6 +6,7 @@ They act in the board's session: the one you hold now, or ``--session``."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -248,7 +249,9 @@ def save_trace(
         why = info.error if info is not None and info.error else "the lab made no waveform"
         here.out.error(f"no waveform: {why}")
         return {"ok": False, "error": why}
-    path = tracing.output or Path(f"fpga{board}-{job_id}.vcd")
+    # the job id is the lab's word: only its safe characters name a file here
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:64]
+    path = tracing.output or Path(f"fpga{board}-{safe}.vcd")
     data = here.client.waveform(board, job_id)
     try:
         path.write_bytes(data)
