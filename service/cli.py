@@ -277,7 +277,8 @@ async def _announce_ready(store: Store, boards: Sequence[int], url: str) -> None
     while True:
         with contextlib.suppress(RedisError, OSError):
             if len(await store.ready_boards(boards)) == len(boards):
-                log.info("lab ready: %d boards on %s", len(boards), url)
+                n = len(boards)
+                log.info("lab ready: %d board%s on %s", n, "s" * (n != 1), url)
                 return
         await asyncio.sleep(_READY_POLL)
 
